@@ -50,7 +50,7 @@ def test_generate_writes_loadable_assets(recipe, fixture, request, tmp_path):
 
 def test_resume_continues_exactly(tiny_sd_dir, tmp_path):
     """Stopping after 3 steps and resuming to 6 gives the same field as 6 steps straight."""
-    common = [f"model={tiny_sd_dir}", *SMALL, "export.video=false"]
+    common = ["--recipe", "dreamfusion-sd", f"model={tiny_sd_dir}", *SMALL, "export.video=false"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert generate("a wooden chair", "--out", str(straight), "max_steps=6", *common) == 0
     assert generate("a wooden chair", "--out", str(split), "max_steps=3", *common) == 0
@@ -65,8 +65,8 @@ def test_resume_continues_exactly(tiny_sd_dir, tmp_path):
 
 def test_export_and_render_commands(tiny_sd_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    assert generate("a wooden chair", "--out", str(run), f"model={tiny_sd_dir}", "max_steps=3", *SMALL,
-                    "export.video=false", "export.formats=[glb]") == 0
+    assert generate("a wooden chair", "--recipe", "dreamfusion-sd", "--out", str(run), f"model={tiny_sd_dir}",
+                    "max_steps=3", *SMALL, "export.video=false", "export.formats=[glb]") == 0
     assert not (run / "export" / "model.obj").exists()
     assert main(["export", str(run), "--format", "obj", "--format", "ply", "--resolution", "24"]) == 0
     assert trimesh.load(run / "export" / "model.obj", force="mesh").faces.shape[0] > 0
@@ -99,7 +99,8 @@ def test_bad_input_is_a_clear_error(args, message, tmp_path, capsys):
 
 def test_missing_model_names_the_path(tmp_path, capsys):
     missing = tmp_path / "no-such-model"
-    assert generate("a cube", "--out", str(tmp_path / "r"), f"model={missing}", "max_steps=1", *SMALL) == 2
+    assert generate("a cube", "--recipe", "dreamfusion-sd", "--out", str(tmp_path / "r"), f"model={missing}",
+                    "max_steps=1", *SMALL) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "download" in err
 
@@ -111,7 +112,8 @@ def test_export_of_a_run_without_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_sd_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["a wooden chair", "--out", str(run), f"model={tiny_sd_dir}", *SMALL, "export.video=false"]
+    args = ["a wooden chair", "--recipe", "dreamfusion-sd", "--out", str(run), f"model={tiny_sd_dir}", *SMALL,
+            "export.video=false"]
     assert generate(*args, "max_steps=3") == 0
     good = Checkpoint.load(run / "stages" / "0-coarse" / "last.pt")
     # A NaN guidance scale makes the first resumed step's loss NaN; the stage must stop there

@@ -72,3 +72,36 @@ def test_config_builds_from_a_mapping_and_rejects_unknown_keys():
         build(PromptConfig, {"view_dependant": False})
     with pytest.raises(ThreedError, match="front_half_angle"):
         build(PromptConfig, {"front_half_angle": 120.0, "back_half_angle": 90.0})
+
+
+def test_view_interpolation_blends_neighbouring_view_prompts_by_azimuth(prior):
+    cams = Cameras.orbit(elevation=[0, 0, 0, 0, 80], azimuth=[0, 45, -135, 180, 45], distance=3.0, fovy_deg=40,
+                         height=16)
+    text = PromptProcessor(prior, "a red chair", PromptConfig(view_interpolation=True)).conditioning(cams)
+    front, side, back, overhead = prior.encode_text([f"a red chair, {v} view" for v in ("front", "side", "back",
+                                                                                          "overhead")])
+    expected = torch.stack([front, (front + side) / 2, (side + back) / 2, back, overhead])  # overhead keeps its label
+    torch.testing.assert_close(text.cond, expected, rtol=0, atol=1e-6)  # float32 lerp
+    assert text.negatives == ()
+
+
+def test_perp_neg_negatives_are_the_other_views_weighted_by_angular_distance(prior):
+    cams = Cameras.orbit(elevation=[0, 0, 0, 0, 80], azimuth=[0, 60, 120, 180, 0], distance=3.0, fovy_deg=40,
+                         height=16)
+    pp = PromptProcessor(prior, "a red chair", PromptConfig(perp_neg=True, perp_neg_weight=1.5))
+    text = pp.conditioning(cams)
+    front, side = prior.encode_text(["a red chair, front view", "a red chair, side view"])
+    (first, w1), (second, w2) = text.negatives
+    # Front half: front (weight grows away from 0 deg) and side; back half: side and front (always full weight).
+    torch.testing.assert_close(first, torch.stack([front, front, side, side, front]), rtol=0, atol=0)
+    torch.testing.assert_close(second, torch.stack([side, side, front, front, side]), rtol=0, atol=0)
+    torch.testing.assert_close(w1, torch.tensor([0.0, 1.0, 0.5, 1.5, 0.0]), rtol=0, atol=1e-6)  # overhead: no negatives
+    torch.testing.assert_close(w2, torch.tensor([1.5, 0.5, 1.5, 1.5, 0.0]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(text.cond, pp.embeddings(cams)[0], rtol=0, atol=0)  # labels unless interpolating
+
+
+def test_interpolation_and_perp_neg_need_view_prompts():
+    with pytest.raises(ThreedError, match="view_dependent"):
+        build(PromptConfig, {"view_dependent": False, "perp_neg": True})
+    with pytest.raises(ThreedError, match="perp_neg_weight"):
+        build(PromptConfig, {"perp_neg_weight": -1.0})

@@ -190,6 +190,32 @@ class KnownDenoiser(torch.nn.Module):
         return UNet2DConditionOutput(sample=eps)
 
 
+class ProjectingDenoiser(torch.nn.Module):
+    """A stand-in UNet whose text conditioning acts per pixel, with a known output:
+
+    eps(x_t, t, y) = 0.5 x_t + t / 1000 + reshape(mean_L(y) @ P), with P a fixed random D x (C h w)
+    matrix, so different prompts push along different, non-parallel directions (what Perp-Neg's
+    projections need to be tested; :class:`KnownDenoiser`'s prompt term is a constant per image).
+    """
+
+    def __init__(self, channels: int, sample_size: int, text_dim: int, seed: int = 0):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(in_channels=channels, out_channels=channels, sample_size=sample_size)
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("projection", torch.randn(text_dim, channels * sample_size**2, generator=g))
+
+    def formula(self, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        text = (emb.mean(dim=1).to(self.projection) @ self.projection).view(x_t.shape).to(x_t)
+        return 0.5 * x_t + t.view(-1, 1, 1, 1) / 1000 + text
+
+    def forward(self, sample, timestep, encoder_hidden_states, **kwargs):
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+        return UNet2DConditionOutput(sample=self.formula(sample, timestep.to(sample.dtype), encoder_hidden_states))
+
+
 class FixedOutput(torch.nn.Module):
     """A stand-in UNet that returns ``value`` for every conditioning of a batched call."""
 

@@ -21,7 +21,13 @@ from threed.errors import ThreedError
 from threed.export.video import write_grid
 from threed.guidance.prior import load_prior
 from threed.guidance.prompts import PromptConfig, PromptProcessor
-from threed.guidance.score import GuidanceConfig, GuidanceOut, ScoreDistillation, make_guidance
+from threed.guidance.score import (
+    GuidanceConfig,
+    GuidanceOut,
+    SDSConfig,
+    ScoreDistillation,
+    make_guidance,
+)
 from threed.profiling import PhaseTimer
 from threed.render.output import RenderOut
 from threed.render.shading import choose_shading
@@ -55,7 +61,7 @@ class StageConfig:
     model: str | None = None
     """Diffusion prior of this stage; None uses the recipe's ``model``."""
     scene: SceneConfig = field(default_factory=NeRFSceneConfig)
-    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    guidance: GuidanceConfig = field(default_factory=SDSConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     cameras: CameraSamplerConfig = field(default_factory=CameraSamplerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

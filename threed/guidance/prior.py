@@ -10,8 +10,10 @@ own class's ``from_pretrained`` and frozen. Two kinds share one interface:
   the image itself in [-1, 1] at the UNet's ``sample_size``; a UNet with learned variance (twice the
   input channels out, Nichol & Dhariwal 2021) keeps the first half, the noise prediction.
 
-The diffusion plumbing lives here and nowhere else: encode images, add noise, predict noise with
-classifier-free guidance, the weighting w(t). Score rules (``score.py``) only form residuals.
+The diffusion plumbing lives here and nowhere else: encode images, add noise, predict noise (one
+batched UNet call for several conditionings, optionally through VSD's LoRA copy), classifier-free
+guidance (:meth:`DiffusionPrior.guide`, the one CFG formula), the weighting w(t), and deterministic
+DDIM steps. Score rules (``score.py``) only form residuals.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Weighting = Literal["sds", "uniform", "fantasia"]
+Weighting = Literal["sds", "uniform", "fantasia", "ism"]
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 """The folder holding the ``threed`` package (the repository root in a source checkout)."""
@@ -160,33 +162,102 @@ class DiffusionPrior:
         a = self.alpha_bar(t)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
-    def noise_predictions(self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, "B"],
-                embeddings: Sequence[Float[Tensor, "B L D"]]) -> list[Float[Tensor, "B C h w"]]:
-        """Noise predictions eps(x_t; y, t), one per conditioning, from one batched UNet call.
+    def model_outputs(self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, "B"],
+                      embeddings: Sequence[Float[Tensor, "B L D"]], unet: torch.nn.Module | None = None,
+                      class_labels: Tensor | None = None) -> list[Float[Tensor, "B C h w"]]:
+        """The model's own predictions (epsilon or v), one per conditioning, from one batched UNet call.
 
-        Learned-variance outputs keep their first half; v-predictions become noise predictions via
-        eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t (Salimans & Ho 2022). Returns float32. Gradients
-        flow if the caller enables them (the guidance core runs this under ``no_grad``).
+        ``unet`` replaces the prior's UNet (VSD's LoRA copy, which also takes ``class_labels``, one row
+        per view). A learned-variance output keeps its first half. Returns float32; gradients flow if
+        the caller enables them.
         """
         k = len(embeddings)
         model_in = torch.cat([x_t] * k).to(self.dtype)
         emb = torch.cat(list(embeddings)).to(self.device, self.dtype)
-        out = self.unet(model_in, torch.cat([t] * k).to(self.device), encoder_hidden_states=emb).sample
-        out = out[:, : self.channels].float()
+        kwargs = {} if class_labels is None else {"class_labels": torch.cat([class_labels] * k)}
+        out = (unet or self.unet)(model_in, torch.cat([t] * k).to(self.device), encoder_hidden_states=emb,
+                                  **kwargs).sample
+        return list(out[:, : self.channels].float().chunk(k))
+
+    def noise_predictions(self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, "B"],
+                          embeddings: Sequence[Float[Tensor, "B L D"]], unet: torch.nn.Module | None = None,
+                          class_labels: Tensor | None = None) -> list[Float[Tensor, "B C h w"]]:
+        """Noise predictions eps(x_t; y, t), one per conditioning, from one batched UNet call.
+
+        v-predictions become noise predictions via eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t
+        (Salimans & Ho 2022). ``unet`` and ``class_labels`` as in :meth:`model_outputs`. Returns
+        float32. Gradients flow if the caller enables them (the guidance core runs this under ``no_grad``).
+        """
+        outs = self.model_outputs(x_t, t, embeddings, unet, class_labels)
         if self.prediction_type == "v_prediction":
-            a = self.alpha_bar(torch.cat([t] * k))
-            out = a.sqrt() * out + (1 - a).sqrt() * torch.cat([x_t] * k).float()
-        return list(out.chunk(k))
+            a = self.alpha_bar(t)
+            outs = [a.sqrt() * v + (1 - a).sqrt() * x_t.float() for v in outs]
+        return outs
+
+    def training_target(self, x0: Float[Tensor, "B C h w"], noise: Float[Tensor, "B C h w"],
+                        t: Int[Tensor, "B"]) -> Float[Tensor, "B C h w"]:
+        """What the model is trained to predict for x_t = add_noise(x0, noise, t): the noise, or the
+        velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 for a v-prediction model."""
+        if self.prediction_type == "v_prediction":
+            a = self.alpha_bar(t)
+            return a.sqrt() * noise - (1 - a).sqrt() * x0
+        return noise
+
+    @staticmethod
+    def guide(eps_c: Float[Tensor, "B C h w"], eps_u: Float[Tensor, "B C h w"], guidance_scale: float,
+              negatives: Sequence[tuple[Float[Tensor, "B C h w"], Float[Tensor, "B"]]] = ()
+              ) -> Float[Tensor, "B C h w"]:
+        """Classifier-free guidance (Ho & Salimans 2022), in diffusers' convention, the one place it is formed:
+
+            eps_hat = eps_u + s [ (eps_c - eps_u) - sum_i w_i perp(eps_i - eps_u, eps_c - eps_u) ]
+
+        ``negatives`` are Perp-Neg's (Armandpour et al. 2023) negative-prompt predictions eps_i with
+        per-view weights w_i >= 0; only the part of each negative direction perpendicular to the
+        positive direction is removed, so a negative that overlaps the prompt cannot cancel it.
+        Without negatives this is eps_u + s (eps_c - eps_u).
+        """
+        positive = eps_c - eps_u
+        delta = positive
+        if negatives:
+            norm2 = positive.flatten(1).square().sum(1).clamp_min(1e-20)
+            for eps_n, weight in negatives:
+                neg = eps_n - eps_u
+                along = (neg * positive).flatten(1).sum(1) / norm2
+                perp = neg - along.view(-1, 1, 1, 1) * positive
+                delta = delta - weight.to(delta).view(-1, 1, 1, 1) * perp
+        return eps_u + guidance_scale * delta
 
     def predict_noise(self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, "B"], text_emb: Float[Tensor, "B L D"],
                       uncond_emb: Float[Tensor, "B L D"] | None = None,
                       guidance_scale: float = 1.0) -> Float[Tensor, "B C h w"]:
-        """Classifier-free guided noise prediction (Ho & Salimans 2022), in diffusers' convention:
-        eps_hat = eps_u + s (eps_c - eps_u). Without ``uncond_emb`` it is the conditional prediction."""
+        """Classifier-free guided noise prediction (:meth:`guide`) from one batched UNet call.
+        Without ``uncond_emb`` it is the conditional prediction."""
         if uncond_emb is None:
             return self.noise_predictions(x_t, t, [text_emb])[0]
         eps_c, eps_u = self.noise_predictions(x_t, t, [text_emb, uncond_emb])
-        return eps_u + guidance_scale * (eps_c - eps_u)
+        return self.guide(eps_c, eps_u, guidance_scale)
+
+    def ddim_step(self, x: Float[Tensor, "B C h w"], eps: Float[Tensor, "B C h w"], t_from: Int[Tensor, "B"],
+                  t_to: Int[Tensor, "B"]) -> Float[Tensor, "B C h w"]:
+        """Deterministic DDIM move (Song et al. 2021, eta = 0) of x from timestep t_from to t_to with the
+        noise prediction ``eps`` made at (x, t_from): x_to = sqrt(abar_to) x0_hat + sqrt(1 - abar_to) eps.
+
+        Works both ways: t_to < t_from denoises, t_to > t_from is one step of DDIM inversion.
+        """
+        a_from, a_to = self.alpha_bar(t_from), self.alpha_bar(t_to)
+        x0_hat = (x - (1 - a_from).sqrt() * eps) / a_from.sqrt()
+        return a_to.sqrt() * x0_hat + (1 - a_to).sqrt() * eps
+
+    def ddim_invert(self, x: Float[Tensor, "B C h w"], t_from: Int[Tensor, "B"], t_to: Int[Tensor, "B"],
+                    embedding: Float[Tensor, "B L D"], steps: int) -> Float[Tensor, "B C h w"]:
+        """DDIM inversion of x from t_from up to t_to in ``steps`` equal steps per view, each predicting
+        the noise with ``embedding`` (LucidDreamer, Liang et al. 2023, use the unconditional one)."""
+        t_from, t_to = t_from.to(self.device), t_to.to(self.device)
+        grid = [t_from + torch.div((t_to - t_from) * k, steps, rounding_mode="floor") for k in range(steps)] + [t_to]
+        for a, b in zip(grid[:-1], grid[1:]):
+            eps = self.noise_predictions(x, a, [embedding])[0]
+            x = self.ddim_step(x, eps, a, b)
+        return x
 
     def weighting(self, t: Int[Tensor, "B"], kind: Weighting) -> Float[Tensor, "B"]:
         """w(t) multiplying the score residual.
@@ -194,6 +265,7 @@ class DiffusionPrior:
         * ``sds``: 1 - abar_t, DreamFusion's sigma_t^2 (Poole et al. 2022, eq. 3).
         * ``uniform``: 1.
         * ``fantasia``: sqrt(abar_t) (1 - abar_t), Fantasia3D (Chen et al. 2023), as in threestudio.
+        * ``ism``: sqrt((1 - abar_t) / abar_t), LucidDreamer's interval score matching (Liang et al. 2023).
         """
         a = self.alpha_bar(t).view(-1)
         if kind == "sds":
@@ -202,7 +274,9 @@ class DiffusionPrior:
             return torch.ones_like(a)
         if kind == "fantasia":
             return a.sqrt() * (1 - a)
-        raise ValueError(f"unknown weighting {kind!r}; choose sds, uniform or fantasia")
+        if kind == "ism":
+            return ((1 - a) / a).sqrt()
+        raise ValueError(f"unknown weighting {kind!r}; choose sds, uniform, fantasia or ism")
 
     @torch.no_grad()
     def sample(self, prompts: list[str], steps: int = 50, guidance_scale: float = 5.0,

@@ -3,6 +3,15 @@
 DreamFusion (Poole et al. 2022, sec. 3.2) appends "front view", "side view", "back view" or
 "overhead view" to the prompt according to the camera's azimuth and elevation, so the 2D prior
 is asked for the view the camera actually sees and the object does not grow a face on every side.
+
+Two refinements from Perp-Neg (Armandpour et al. 2023, sec. 5), each switchable per recipe:
+
+* ``view_interpolation``: the embedding moves continuously with the azimuth, linearly from the
+  front prompt (0 deg) to the side prompt (90 deg) to the back prompt (180 deg), instead of jumping
+  between labels.
+* ``perp_neg``: every camera also gets two negative prompts - the views it should *not* look like -
+  whose weights grow with the camera's angular distance from them; :meth:`DiffusionPrior.guide`
+  removes only their component perpendicular to the positive direction.
 """
 
 from __future__ import annotations
@@ -42,11 +51,37 @@ class PromptConfig:
     """Half-width in degrees of the azimuth range labelled back."""
     overhead_elevation: float = 60.0
     """Elevation in degrees above which a camera is labelled overhead."""
+    view_interpolation: bool = False
+    """Interpolate the front/side/back prompt embeddings linearly in azimuth (0/90/180 deg) instead of
+    picking the label's; overhead cameras keep the overhead prompt. Needs view_dependent."""
+    perp_neg: bool = False
+    """Perp-Neg (Armandpour et al. 2023): add the two neighbouring view prompts as negatives, removed
+    perpendicular to the positive direction. Needs view_dependent."""
+    perp_neg_weight: float = 1.5
+    """Weight of a Perp-Neg negative view 90 deg or more away from the camera; it falls linearly to 0
+    at the negative view's own azimuth."""
 
     def __post_init__(self):
         if not (0 <= self.front_half_angle and 0 <= self.back_half_angle
                 and self.front_half_angle + self.back_half_angle <= 180):
             raise ValueError("need 0 <= front_half_angle, back_half_angle and their sum <= 180")
+        if (self.view_interpolation or self.perp_neg) and not self.view_dependent:
+            raise ValueError("view_interpolation and perp_neg need view_dependent: true (they combine the "
+                             "front/side/back prompts)")
+        if not self.perp_neg_weight >= 0:
+            raise ValueError(f"perp_neg_weight must be >= 0, got {self.perp_neg_weight}")
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning of a batch of cameras, as the guidance core consumes it."""
+
+    cond: Float[Tensor, "B L D"]
+    """Prompt embedding of each view (its label's, or interpolated by azimuth)."""
+    uncond: Float[Tensor, "B L D"]
+    """Unconditional branch of classifier-free guidance (the negative prompt, "" by default)."""
+    negatives: tuple[tuple[Float[Tensor, "B L D"], Float[Tensor, "B"]], ...] = ()
+    """Perp-Neg negative prompt embeddings with per-view weights (empty when perp_neg is off)."""
 
 
 class PromptProcessor:
@@ -79,5 +114,43 @@ class PromptProcessor:
 
     def embeddings(self, cameras: Cameras) -> tuple[Float[Tensor, "B L D"], Float[Tensor, "B L D"]]:
         """(conditional, unconditional) text embeddings for each camera of the batch."""
-        cond = torch.stack([self._cond[label] for label in self.labels(cameras)])
-        return cond, self._uncond.expand_as(cond)
+        text = self.conditioning(cameras)
+        return text.cond, text.uncond
+
+    def conditioning(self, cameras: Cameras) -> Conditioning:
+        """Prompt, unconditional and (with perp_neg) negative embeddings for each camera."""
+        cfg = self.cfg
+        labelled = torch.stack([self._cond[label] for label in self.labels(cameras)])
+        if not (cfg.view_interpolation or cfg.perp_neg):
+            return Conditioning(cond=labelled, uncond=self._uncond.expand_as(labelled))
+        dev = labelled.device
+        az = (torch.remainder(cameras.azimuth.detach().float().cpu() + 180.0, 360.0) - 180.0).abs()  # [0, 180]
+        overhead = (cameras.elevation.detach().float().cpu() > cfg.overhead_elevation).to(dev)
+        front_half = (az <= 90).to(dev)
+        u = torch.where(az <= 90, az / 90, (az - 90) / 90).to(dev, labelled.dtype)  # along the segment
+        front, side, back = (self._cond[k][None] for k in ("front", "side", "back"))
+
+        def pick(a, b):
+            return torch.where(front_half.view(-1, 1, 1), a, b)
+
+        uu = u.view(-1, 1, 1)
+        cond = labelled
+        if cfg.view_interpolation:
+            cond = pick(torch.lerp(front, side, uu), torch.lerp(side, back, uu))
+            cond = torch.where(overhead.view(-1, 1, 1), labelled, cond)
+        negatives: tuple = ()
+        if cfg.perp_neg:
+            # Front half (front -> side): negatives front and side; back half (side -> back): side and
+            # front. Weight = perp_neg_weight * min(angular distance to that view / 90 deg, 1).
+            w = cfg.perp_neg_weight * (~overhead).to(u.dtype)
+            first = (pick(front, side), w * u)
+            second = (pick(side, front), w * torch.where(front_half, 1 - u, torch.ones_like(u)))
+            negatives = (first, second)
+        return Conditioning(cond=cond, uncond=self._uncond.expand_as(cond), negatives=negatives)
+
+    def repeat(self, text: str, batch: int) -> Float[Tensor, "B L D"]:
+        """The embedding of a fixed ``text`` (checked against the vocabulary, cached), repeated ``batch`` times.
+
+        ``repeat(self.prompt, b)`` is the view-independent prompt; ``repeat("", b)`` the null prompt.
+        """
+        return self.prior.encode_text([text]).expand(batch, -1, -1)
