@@ -3,7 +3,8 @@
     python scripts/train_toyworld_prior.py --out assets/priors/toyworld --minutes 75 --threads 1 --seed 0
 
 Stops at whichever of --steps / --minutes comes first; checkpoints to <out>-train-ckpt next to
---out every few minutes (continue with --resume). Extra KEY=VALUE arguments override any field of
+--out every few minutes (continue with --resume). --samples-only redoes the model card's samples
+(e.g. after changing cfg_scale) from the saved prior. Extra KEY=VALUE arguments override any field of
 ToyworldTrainConfig, e.g. ``batch_size=64 data.cache_size=4096 model.block_out_channels=[32,64,96]``.
 """
 
@@ -14,7 +15,7 @@ import sys
 
 from threed.config import build, parse_overrides
 from threed.errors import ThreedError
-from threed.toyworld.train import ToyworldTrainConfig, train
+from threed.toyworld.train import ToyworldTrainConfig, refresh_samples, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--resume", action="store_true", help="continue from <out>-train-ckpt")
+    ap.add_argument("--samples-only", action="store_true",
+                    help="do not train: redo samples.png and the model card's samples table of the prior in --out")
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
     args = ap.parse_args(argv)
     try:
@@ -33,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, key) is not None:
                 data[key] = getattr(args, key)
         cfg = build(ToyworldTrainConfig, data)
-        train(cfg, args.out, resume=args.resume, log=lambda msg: print(msg, flush=True))
+        if args.samples_only:
+            for row in refresh_samples(cfg, args.out):
+                print(f"{row['prompt']}: colour {row['colour_ok']:.2f} shape {row['shape_ok']:.2f}")
+        else:
+            train(cfg, args.out, resume=args.resume, log=lambda msg: print(msg, flush=True))
     except ThreedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from threed.runtime import tune_cpu_runtime
 
 tune_cpu_runtime()  # before torch is imported by any command
 
-DEFAULT_RECIPE = "dreamfusion-sd"
+DEFAULT_RECIPE = "quickstart"
 
 
 def _split_generate_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:

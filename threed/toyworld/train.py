@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -147,8 +148,9 @@ class ToyworldTrainConfig:
     """Samples per row."""
     sample_steps: int = 50
     """DDIM steps for the samples."""
-    cfg_scale: float = 5.0
-    """Classifier-free guidance scale for the samples."""
+    cfg_scale: float = 3.0
+    """Classifier-free guidance scale for the samples (at 5 the objects of the shipped prior wash out to
+    grey: 10 of 24 front-view samples judged the prompt's colour, against 19 of 24 at 3)."""
     eval_bank_views: int = 128
     """Ground-truth masks per shape for the shape check of the model card."""
 
@@ -589,9 +591,6 @@ def model_card(s: dict) -> str:
     hist = s["history"]
     picks = sorted({0, len(hist) // 4, len(hist) // 2, 3 * len(hist) // 4, len(hist) - 1}) if hist else []
     loss_rows = "\n".join(f"| {hist[i][0]} | {hist[i][1]:.4f} | {hist[i][2] / 60:.1f} |" for i in picks)
-    eval_rows = "\n".join(
-        f"| {r['prompt']} | {'yes' if r['held_out'] else ''} | {r['colour_ok']:.2f} ({r['gt_colour_ok']:.2f}) | "
-        f"{r['shape_ok']:.2f} ({r['gt_shape_ok']:.2f}) | {', '.join(map(str, r['shapes_seen']))} |" for r in s["eval"])
     return f"""# threed toy-world prior
 
 A tiny text-to-image diffusion model in pixel space ({d['resolution']} x {d['resolution']} RGB in [-1, 1], no VAE),
@@ -640,7 +639,15 @@ Reproduce: `python scripts/train_toyworld_prior.py --out <folder> --steps {c['st
 | --- | --- | --- |
 {loss_rows}
 
-## Samples
+{samples_section(c, s["eval"])}"""
+
+
+def samples_section(c: dict, report: list[dict]) -> str:
+    """The model card's "## Samples" section (to the end of the card) from a ``sample_report``."""
+    eval_rows = "\n".join(
+        f"| {r['prompt']} | {'yes' if r['held_out'] else ''} | {r['colour_ok']:.2f} ({r['gt_colour_ok']:.2f}) | "
+        f"{r['shape_ok']:.2f} ({r['gt_shape_ok']:.2f}) | {', '.join(map(str, r['shapes_seen']))} |" for r in report)
+    return f"""## Samples
 
 `samples.png`: one row per prompt; first column a ground-truth render, then
 {c['samples_per_prompt']} DDIM samples ({c['sample_steps']} steps, guidance {c['cfg_scale']}).
@@ -653,3 +660,20 @@ ground-truth silhouette of the prompt's shape; in brackets the same checks on gr
 | --- | --- | --- | --- | --- |
 {eval_rows}
 """
+
+
+def refresh_samples(cfg: ToyworldTrainConfig, out: str | Path) -> list[dict]:
+    """Redo ``samples.png`` and the card's samples section of a saved prior (e.g. at another guidance
+    scale) without retraining; the rest of its README.md is kept."""
+    from threed.guidance.prior import load_prior
+
+    out = Path(out)
+    card = out / "README.md"
+    if not card.is_file() or "## Samples" not in card.read_text():
+        raise ThreedError(f"{out} has no model card with a '## Samples' section; is it a trained toy prior?")
+    prior = load_prior(str(out))
+    report = sample_report(cfg, prior.unet, prior.text_encoder, prior.tokenizer, prior.scheduler, out / "samples.png")
+    head = card.read_text().split("## Samples")[0]
+    head = re.sub(r"Guidance scale about [0-9.]+\.", f"Guidance scale about {cfg.cfg_scale}.", head)
+    card.write_text(head + samples_section(to_dict(cfg), report))
+    return report
