@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from threed.errors import ThreedError
+from threed.backends import Backend, FastPath, use_fast_path
 
 _PRIMES = (1, 2654435761, 805459861)
 """tiny-cuda-nn's coherent prime hash factors for x, y, z (x keeps factor 1 for cache coherence)."""
@@ -48,7 +47,7 @@ class HashGridConfig:
     """Grid vertices per axis at the coarsest level."""
     max_resolution: int = 512
     """Grid vertices per axis at the finest level; the per-level scale is derived from it."""
-    backend: Literal["auto", "cuda", "torch"] = "auto"
+    backend: Backend = "auto"
     """``auto``: tiny-cuda-nn when importable and on CUDA, else PyTorch; ``cuda`` insists on it."""
 
     def __post_init__(self):
@@ -141,23 +140,9 @@ class HashGrid(nn.Module):
         return self.params.view(self.n_entries, self.cfg.n_features_per_level)
 
     def forward(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, "N D"]:
-        if self._use_tcnn(x):
+        if use_fast_path(self.cfg.backend, x, TCNN):
             return self._forward_tcnn(x)
         return self._forward_torch(x)
-
-    def _use_tcnn(self, x: Tensor) -> bool:
-        if self.cfg.backend == "torch":
-            return False
-        if self.cfg.backend == "cuda":
-            if not x.is_cuda:
-                raise ThreedError("hash grid backend 'cuda' needs the model on a CUDA device; "
-                                  "set device=cuda or encoding.backend=auto")
-            if not tcnn_available():
-                raise ThreedError("hash grid backend 'cuda' needs tiny-cuda-nn (pip install "
-                                  "git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch); "
-                                  "or set encoding.backend=auto to use the PyTorch hash grid")
-            return True
-        return x.is_cuda and tcnn_available()
 
     def _forward_torch(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, "N D"]:
         n, L, F = x.shape[0], self.cfg.n_levels, self.cfg.n_features_per_level
@@ -257,13 +242,9 @@ def tcnn_config(cfg: HashGridConfig) -> dict:
             "per_level_scale": cfg.per_level_scale, "interpolation": "Linear"}
 
 
-def tcnn_available() -> bool:
-    """Whether tiny-cuda-nn imports (it needs CUDA; ``import threed`` never imports it)."""
-    try:
-        import tinycudann  # noqa: F401
-    except Exception:  # ImportError, or EnvironmentError without a CUDA device
-        return False
-    return True
+TCNN = FastPath("hash grid", "tinycudann",
+                "pip install git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch",
+                "encoding.backend")
 
 
 def make_encoding(cfg: HashGridConfig, n_input_dims: int = 3) -> HashGrid:

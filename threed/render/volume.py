@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from threed.backends import Backend, FastPath, use_fast_path
 from threed.cameras import Cameras
-from threed.errors import ThreedError
 from threed.render.background import Background
 from threed.render.output import RenderOut
 from threed.render.shading import Shading, ShadingConfig, shade
@@ -63,7 +62,7 @@ class VolumeRendererConfig:
     at every sample."""
     eval_chunk: int = 4096
     """Rays rendered at once when gradients are off (bounded memory for large turntable frames)."""
-    backend: Literal["auto", "cuda", "torch"] = "auto"
+    backend: Backend = "auto"
     """``auto``: nerfacc when importable and on CUDA, else PyTorch; ``cuda`` insists on nerfacc."""
 
     def __post_init__(self):
@@ -89,13 +88,7 @@ def ray_box(origins: Float[Tensor, "R 3"], dirs: Float[Tensor, "R 3"], radius: f
     return near, far, far > near
 
 
-def nerfacc_available() -> bool:
-    """Whether nerfacc imports (``import threed`` never imports it)."""
-    try:
-        import nerfacc  # noqa: F401
-    except Exception:  # ImportError, or a failing CUDA build
-        return False
-    return True
+NERFACC = FastPath("volume renderer", "nerfacc", "pip install nerfacc", "renderer.backend")
 
 
 @dataclass
@@ -208,7 +201,7 @@ class VolumeRenderer(nn.Module):
         """Foreground rgb (premultiplied), opacity, depth, normal (R x C) and per-sample orientation terms."""
         n_rays = o.shape[0]
         near, far, hit = ray_box(o, d, self.radius)
-        if self._use_nerfacc(o):
+        if use_fast_path(self.cfg.backend, o, NERFACC):
             samples = self._march_nerfacc(o, d, near, far, hit)
         else:
             samples = self._march_torch(o, d, near, far, hit)
@@ -288,19 +281,6 @@ class VolumeRenderer(nn.Module):
         cell = ((points + self.radius) / (2.0 * self.radius) * res).long().clamp(0, res - 1)
         index = (cell[..., 0] * res + cell[..., 1]) * res + cell[..., 2]
         return self.occupied().reshape(-1)[index]
-
-    def _use_nerfacc(self, x: Tensor) -> bool:
-        if self.cfg.backend == "torch":
-            return False
-        if self.cfg.backend == "cuda":
-            if not x.is_cuda:
-                raise ThreedError("volume renderer backend 'cuda' needs a CUDA device; set device=cuda or "
-                                  "renderer.backend=auto")
-            if not nerfacc_available():
-                raise ThreedError("volume renderer backend 'cuda' needs nerfacc (pip install nerfacc); or set "
-                                  "renderer.backend=auto to use the PyTorch renderer")
-            return True
-        return x.is_cuda and nerfacc_available()
 
     def _march_nerfacc(self, o: Tensor, d: Tensor, near: Tensor, far: Tensor, hit: Tensor) -> _Samples:
         """nerfacc grid traversal with step ``step_size``, skipping empty and (optionally) occluded space."""
