@@ -13,9 +13,12 @@ import torch
 from torch import nn
 
 from threed.cameras import Cameras
+from threed.errors import ThreedError
+from threed.geometry.dmtet import DMTet, DMTetConfig
 from threed.geometry.nerf import NeRFField, NeRFFieldConfig
 from threed.render.background import Background, BackgroundConfig
 from threed.render.output import RenderOut
+from threed.render.raster import MeshRenderer, MeshRendererConfig
 from threed.render.shading import Shading, ShadingConfig
 from threed.render.volume import VolumeRenderer, VolumeRendererConfig
 
@@ -31,7 +34,23 @@ class NeRFSceneConfig:
     shading: ShadingConfig = field(default_factory=ShadingConfig)
 
 
-SceneConfig = NeRFSceneConfig
+@dataclass
+class DMTetSceneConfig:
+    """A DMTet surface rendered by rasterization (Magic3D's and Fantasia3D's refinement representation)."""
+
+    kind: Literal["dmtet"] = "dmtet"
+    geometry: DMTetConfig = field(default_factory=DMTetConfig)
+    renderer: MeshRendererConfig = field(default_factory=MeshRendererConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    shading: ShadingConfig = field(default_factory=ShadingConfig)
+    init_level: float | None = None
+    """Density level of the previous (NeRF) stage's surface when starting from it; None chooses it
+    automatically, as mesh export does (threed.export.isosurface)."""
+    init_resolution: int = 64
+    """Grid resolution at which that automatic level is judged."""
+
+
+SceneConfig = NeRFSceneConfig | DMTetSceneConfig
 
 
 @dataclass
@@ -44,6 +63,8 @@ class OptimizerConfig:
     """MLP heads of the field."""
     lr_background: float = 0.001
     """Background MLP, when there is one."""
+    lr_geometry: float = 0.01
+    """Per-vertex parameters of a grid geometry (DMTet's SDF values and offsets)."""
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-15
 
@@ -55,11 +76,17 @@ class Scene(nn.Module):
         super().__init__()
         self.cfg = cfg
         # The renderer owns geometry and background, so each parameter is saved once, under renderer.*.
-        self.renderer = VolumeRenderer(cfg.renderer, NeRFField(cfg.geometry), Background(cfg.background),
-                                       cfg.shading)
+        self.renderer: VolumeRenderer | MeshRenderer
+        if cfg.kind == "nerf":
+            self.renderer = VolumeRenderer(cfg.renderer, NeRFField(cfg.geometry), Background(cfg.background),
+                                           cfg.shading)
+        elif cfg.kind == "dmtet":
+            self.renderer = MeshRenderer(cfg.renderer, DMTet(cfg.geometry), Background(cfg.background), cfg.shading)
+        else:
+            raise ValueError(f"unknown scene kind {cfg.kind!r}; choose nerf or dmtet")
 
     @property
-    def geometry(self) -> NeRFField:
+    def geometry(self) -> NeRFField | DMTet:
         return self.renderer.geometry
 
     @property
@@ -89,10 +116,13 @@ class Scene(nn.Module):
         self.renderer.update(step)
 
     def parameter_groups(self, opt: OptimizerConfig) -> list[dict]:
-        encoding = list(self.geometry.encoding.parameters())
-        enc_ids = {id(p) for p in encoding}
-        network = [p for p in self.geometry.parameters() if id(p) not in enc_ids]
-        groups = [{"params": encoding, "lr": opt.lr_encoding, "name": "encoding"},
+        """Adam groups: per-vertex grid parameters, hash-grid tables, MLPs, background."""
+        grid = [p for name, p in self.geometry.named_parameters() if name.endswith("_param")]
+        encoding = [p for name, p in self.geometry.named_parameters() if "encoding" in name.split(".")[0]]
+        taken = {id(p) for p in grid + encoding}
+        network = [p for p in self.geometry.parameters() if id(p) not in taken]
+        groups = [{"params": grid, "lr": opt.lr_geometry, "name": "geometry"},
+                  {"params": encoding, "lr": opt.lr_encoding, "name": "encoding"},
                   {"params": network, "lr": opt.lr_network, "name": "network"}]
         background = list(self.background.parameters())
         if background:
@@ -100,8 +130,42 @@ class Scene(nn.Module):
         return [g for g in groups if g["params"]]
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
-        """Density at world points (N x 3 -> N x 1), for isosurface extraction."""
+        """Density at world points (N x 3 -> N x 1), for isosurface extraction (NeRF scenes)."""
+        if not isinstance(self.geometry, NeRFField):
+            raise ThreedError(f"a {self.cfg.kind} scene has no density field; take its surface from Scene.mesh()")
         return self.geometry.density(points)
+
+    def mesh(self):
+        """The surface as a :class:`threed.geometry.mesh.Mesh` (DMTet scenes)."""
+        if not isinstance(self.geometry, DMTet):
+            raise ThreedError(f"a {self.cfg.kind} scene has no explicit mesh; extract one from Scene.density")
+        return self.geometry.mesh()
+
+    @torch.no_grad()
+    def init_from(self, previous: "Scene") -> dict:
+        """Start this scene's geometry from another stage's scene (NeRF -> DMTet hand-off).
+
+        The DMTet SDF is set from the NeRF density's isosurface at ``init_level`` (or the automatic
+        level of mesh export: the level whose silhouettes best match the volume render), and the albedo
+        field is copied when both fields have the same shape, else fitted to the NeRF's albedo.
+        The background is copied when both stages configure it alike. Returns ``{"level": ..., "albedo": "copied" | "fitted"}``.
+        """
+        if not (self.cfg.kind == "dmtet" and previous.cfg.kind == "nerf"):
+            raise ThreedError(f"a {self.cfg.kind} scene cannot start from a {previous.cfg.kind} scene; "
+                              "supported: nerf -> dmtet")
+        level = self.cfg.init_level
+        if level is None:
+            from threed.export.isosurface import extract_mesh
+
+            _, info = extract_mesh(previous.density, radius=previous.radius, resolution=self.cfg.init_resolution,
+                                   device=next(previous.parameters()).device)
+            level = info["level"]
+        with torch.enable_grad():
+            self.geometry.init_from_density(previous.density, level)
+        albedo = self.geometry.init_albedo_from(previous.geometry)
+        if self.cfg.background == previous.cfg.background:
+            self.background.load_state_dict(previous.background.state_dict())
+        return {"level": float(level), "albedo": albedo}
 
     def albedo(self, points: torch.Tensor) -> torch.Tensor:
         """Albedo at world points (N x 3 -> N x 3), for vertex colours and texture baking."""
