@@ -1,6 +1,6 @@
 """End to end through the command line, with tiny random-weight priors on CPU."""
 
-from pathlib import Path
+import json
 
 import pytest
 import torch
@@ -8,6 +8,8 @@ import trimesh
 
 from threed.checkpoint import Checkpoint
 from threed.cli import main
+from threed.recipe import load_recipe, save_config
+from threed.stage import Stage
 
 # A CPU-sized scene: small hash grid, few samples, small images. Same code path as the shipped recipes.
 SMALL = [
@@ -24,6 +26,9 @@ SMALL = [
     "export.resolution=32",
     "export.video_frames=3",
     "export.video_resolution=32",
+    "export.texture_size=64",
+    "export.views=2",
+    "export.view_resolution=24",
 ]
 
 
@@ -42,6 +47,8 @@ def test_generate_writes_loadable_assets(recipe, fixture, request, tmp_path):
     assert len(obj.faces) == len(glb.faces)
     assert (run / "export" / "model.ply").is_file() and (run / "export" / "model.mtl").is_file()
     assert (run / "export" / "turntable.mp4").stat().st_size > 0
+    assert glb.visual.kind == "texture" and (run / "export" / "views.png").is_file()
+    assert len(json.loads((run / "export" / "export.json").read_text())["views"]["psnr"]) == 2
     assert (run / "config.yaml").read_text().count("a wooden chair") == 1
     assert sorted(p.name for p in (run / "stages" / "0-coarse" / "val").iterdir()) == ["step-000004.png",
                                                                                         "step-000006.png"]
@@ -108,6 +115,64 @@ def test_missing_model_names_the_path(tmp_path, capsys):
 def test_export_of_a_run_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     assert "not a threed run directory" in capsys.readouterr().err
+    save_config(load_recipe("dreamfusion-sd", SMALL, prompt="a cube"), tmp_path / "fresh")  # started, no step yet
+    assert main(["export", str(tmp_path / "fresh")]) == 2
+    err = capsys.readouterr().err
+    assert "has no checkpoint yet" in err and "Traceback" not in err
+
+
+def test_export_of_a_missing_run_dir_names_it(tmp_path, capsys):
+    missing = tmp_path / "no-such-run"
+    assert main(["export", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"run directory {missing} does not exist" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("x")
+    assert main(["export", str(tmp_path / "file")]) == 2
+    assert "is a file, not a run directory" in capsys.readouterr().err
+
+
+def test_export_of_an_interrupted_run(tiny_sd_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C at step 5 of 6 keeps the step-3 checkpoint; `threed export` takes the run from there."""
+    run = tmp_path / "run"
+    train_step, calls = Stage.train_step, []
+
+    def interrupt_at_step_5(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return train_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Stage, "train_step", interrupt_at_step_5)
+    assert generate("a wooden chair", "--recipe", "dreamfusion-sd", "--out", str(run), f"model={tiny_sd_dir}",
+                    "max_steps=6", *SMALL, "export.video=false") == 130
+    assert not (run / "export").exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "glb", "--format", "ply", "--faces", "300", "--texture-size", "32",
+                 "--views", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "step 3/6 (the run is unfinished)" in captured.err
+    report = json.loads((run / "export" / "export.json").read_text())
+    assert report["step"] == 3 and report["total_steps"] == 6 and report["texture"]["texture_size"] == 32
+    glb = trimesh.load(run / "export" / "model.glb", force="mesh")
+    assert 0 < len(glb.faces) <= 300
+    assert glb.visual.kind == "texture" and 0.0 <= glb.visual.uv.min() and glb.visual.uv.max() <= 1.0
+    assert (run / "export" / "model.ply").is_file() and not (run / "export" / "model.obj").exists()
+
+
+def test_export_rejects_bad_options(tiny_sd_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert generate("a wooden chair", "--recipe", "dreamfusion-sd", "--out", str(run), f"model={tiny_sd_dir}",
+                    "max_steps=1", *SMALL, "export.video=false", "export.formats=[glb]") == 0
+    capsys.readouterr()
+    assert main(["export", str(run), "--faces", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "faces must be at least 4" in err and "Traceback" not in err
+    # --faces 0 keeps every face; --no-normalize keeps world coordinates; vertex colours skip the texture.
+    assert main(["export", str(run), "--faces", "0", "--no-normalize", "--texture", "vertex", "--views", "0"]) == 0
+    report = json.loads((run / "export" / "export.json").read_text())
+    assert "faces_before_decimation" not in report and report["transform"]["scale"] == 1.0
+    assert report["texture_mode"] == "vertex"
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_sd_dir, tmp_path, capsys):

@@ -47,21 +47,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_run_dir(path: str) -> Path:
+    """``path`` as a run directory, or a clear error when there is nothing there."""
+    run_dir = Path(path)
+    if not run_dir.exists():
+        raise ThreedError(f"run directory {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise ThreedError(f"{run_dir} is a file, not a run directory")
+    return run_dir
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from threed.export.pipeline import export_run
     from threed.recipe import last_checkpoint, load_run_config, resolve_device
 
-    run_dir = Path(args.run_dir)
+    run_dir = _existing_run_dir(args.run_dir)
     cfg = load_run_config(run_dir)
     ckpt = last_checkpoint(run_dir, cfg)
-    export = cfg.export
-    if args.format:
-        export = replace(export, formats=list(args.format))
-    if args.resolution:
-        export = replace(export, resolution=args.resolution)
-    files = export_run(run_dir, cfg, ckpt, resolve_device(cfg.device), export=export, video=False)
+    changes = {"formats": list(args.format) if args.format else None, "resolution": args.resolution,
+               "texture": args.texture, "texture_size": args.texture_size, "views": args.views,
+               "normalize": False if args.no_normalize else None}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if args.faces is not None:
+        changes["faces"] = args.faces or None  # --faces 0: keep every face
+    try:
+        export = replace(cfg.export, **changes)
+    except ValueError as exc:
+        raise ThreedError(f"bad export option: {exc}") from exc
+    files = export_run(run_dir, cfg, ckpt, resolve_device(cfg.device), export=export, video=args.video)
     for kind, path in files.items():
         print(f"{kind}: {path}")
     if not ckpt.done:
@@ -75,7 +90,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from threed.export.video import write_turntable
     from threed.recipe import last_checkpoint, load_run_config, resolve_device
 
-    run_dir = Path(args.run_dir)
+    run_dir = _existing_run_dir(args.run_dir)
     cfg = load_run_config(run_dir)
     device = resolve_device(cfg.device)
     scene = scene_from_checkpoint(cfg, last_checkpoint(run_dir, cfg), device)
@@ -118,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", action="append", choices=["glb", "obj", "ply"],
                      help="format to write; repeat for several (default: the recipe's export.formats)")
     exp.add_argument("--resolution", type=int, help="marching-cubes grid resolution")
+    exp.add_argument("--faces", type=int, metavar="N",
+                     help="decimate to at most N faces (0: keep all; default: the recipe's export.faces)")
+    exp.add_argument("--texture", choices=["uv", "vertex"],
+                     help="uv: unwrap and bake a texture PNG; vertex: vertex colours only (faster)")
+    exp.add_argument("--texture-size", type=int, metavar="N", help="texture width and height in texels")
+    exp.add_argument("--views", type=int, metavar="N", help="views in the field-vs-mesh contact sheet (0: none)")
+    exp.add_argument("--no-normalize", action="store_true",
+                     help="keep the field's coordinates instead of centring and scaling to a unit box")
+    exp.add_argument("--video", action="store_true", help="also write the turntable video")
     exp.set_defaults(func=cmd_export)
 
     ren = sub.add_parser("render", help="write a turntable video of a run")

@@ -9,8 +9,10 @@ Colours: a mesh with vertex colours (:func:`threed.export.isosurface.color_verti
 formats: GLB ``COLOR_0`` (RGBA uint8, normalised), PLY ``red green blue alpha`` uchar properties, and OBJ's
 de-facto ``v x y z r g b`` extension (read by Blender 3.4+, MeshLab and trimesh). Values are written as
 stored, i.e. sRGB-encoded albedo; strict glTF viewers treat ``COLOR_0`` as linear and show them slightly
-lighter, so the UV-textured export is the colour-exact path. A textured mesh (``TextureVisuals``) keeps its
-texture in GLB and OBJ; PLY has no standard texture, so it gets the texture sampled at each vertex.
+lighter, so the UV-textured export is the colour-exact path. A textured mesh (``TextureVisuals``, e.g. from
+:func:`threed.export.texture.bake_albedo`) keeps its material and texture in GLB (a PBR metallic-roughness
+material, the PNG embedded) and OBJ (``map_Kd`` in a matte MTL, the PNG beside it); PLY has no standard
+texture, so it gets the texture sampled at each vertex.
 
 Every file is written to a temporary name in its destination folder and moved into place with
 ``os.replace``, so an interrupted export leaves the previous file (or none), never a truncated one.
@@ -35,7 +37,7 @@ from threed.errors import ThreedError
 MeshFormat = Literal["glb", "obj", "ply"]
 FORMATS: tuple[MeshFormat, ...] = ("glb", "obj", "ply")
 
-_MTL = """# threed: a white material; the colours are the OBJ's per-vertex colours
+_MTL = """# threed: {comment}
 newmtl {name}
 Ka 0.000000 0.000000 0.000000
 Kd 1.000000 1.000000 1.000000
@@ -43,7 +45,33 @@ Ks 0.000000 0.000000 0.000000
 Ns 1.000000
 d 1.000000
 illum 1
-"""
+Pr 1.000000
+Pm 0.000000
+{texture}"""
+"""A white matte material (``Pr``/``Pm``: the PBR extension Blender's importer reads, roughness 1, metallic 0,
+as in the GLB); ``texture`` is empty or a ``map_Kd`` line."""
+
+
+def _vertex_color_mtl(name: str) -> str:
+    return _MTL.format(comment="a white material; the colours are the OBJ's per-vertex colours", name=name,
+                       texture="")
+
+
+def _matte_mtl(mtl: str) -> str:
+    """trimesh's MTL for a textured material, rewritten as a white matte material with the same ``map_Kd``.
+
+    trimesh writes ``Kd 0.4`` and ``Ks 0.4`` for a PBR material, which OBJ importers multiply into the
+    texture (a darker, shiny asset). Ours (:data:`_MTL`): ``Kd 1`` so the texture is the colour as baked, no
+    specular. A material without a texture is kept as trimesh wrote it.
+    """
+    blocks = re.split(r"(?m)^(?=newmtl )", mtl)
+    out = []
+    for block in blocks:
+        name = re.search(r"(?m)^newmtl (.+)$", block)
+        texture = re.search(r"(?m)^map_Kd (.+)$", block)
+        out.append(_MTL.format(comment="baked albedo; the diffuse colour is the texture", name=name[1].strip(),
+                               texture=f"map_Kd {texture[1].strip()}\n") if name and texture else block)
+    return "".join(out)
 
 
 @contextlib.contextmanager
@@ -88,7 +116,7 @@ def _obj_files(mesh: trimesh.Trimesh, mtl_name: str) -> tuple[str, dict[str, byt
         for name, blob in extra.items():
             mtl = re.sub(rf"(?m)^(map_\w+.*\s){re.escape(name)}$", rf"\g<1>{stem}_{name}", mtl)
             renamed[f"{stem}_{name}"] = blob
-        extra = {**renamed, mtl_name: mtl.encode()}
+        extra = {**renamed, mtl_name: _matte_mtl(mtl).encode()}
     else:
         # Vertex colours only: trimesh writes no material, but importers look for one next to the OBJ.
         # No ``usemtl``: loaders such as trimesh let a used material replace the vertex colours.
@@ -96,7 +124,7 @@ def _obj_files(mesh: trimesh.Trimesh, mtl_name: str) -> tuple[str, dict[str, byt
         first_vertex = next(i for i, line in enumerate(lines) if line.startswith("v "))
         lines.insert(first_vertex, f"mtllib {mtl_name}")
         text = "\n".join(lines)
-        extra = {mtl_name: _MTL.format(name="material_0").encode()}
+        extra = {mtl_name: _vertex_color_mtl("material_0").encode()}
     return text, extra
 
 

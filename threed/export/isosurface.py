@@ -227,20 +227,36 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float = 0.05) -> t
     return mesh
 
 
+def default_inset(mesh: trimesh.Trimesh) -> float:
+    """How far inside the surface albedo is read: 0.5% of the bounding-box diagonal, about one grid cell."""
+    return 0.005 * float(mesh.scale)
+
+
 @torch.no_grad()
+def albedo_inside(points: np.ndarray, normals: np.ndarray, albedo_fn: AlbedoFn, inset: float,
+                  chunk: int = 2**17, device: str | torch.device = "cpu") -> np.ndarray:
+    """``albedo_fn`` at ``points - inset * normals`` (``N x 3`` each) as an ``N x 3`` float32 array in [0, 1].
+
+    The field learns colour where the renderer's weights peak, which is just inside the level set, while
+    just outside it is untrained; reading ``inset`` inside along the outward normal lands there.
+    """
+    query = torch.as_tensor(np.asarray(points) - inset * np.asarray(normals), dtype=torch.float32, device=device)
+    colors = [albedo_fn(query[s:s + chunk]).reshape(-1, 3).float() for s in range(0, len(query), chunk)]
+    if not colors:
+        return np.zeros((0, 3), np.float32)
+    return torch.cat(colors).clamp(0.0, 1.0).cpu().numpy()
+
+
 def color_vertices(mesh: trimesh.Trimesh, albedo_fn: AlbedoFn, inset: float | None = None, chunk: int = 2**17,
                    device: str | torch.device = "cpu") -> trimesh.Trimesh:
     """Store ``albedo_fn`` at each vertex as RGBA uint8 vertex colours (alpha 255), in place; returns ``mesh``.
 
-    The albedo is read ``inset`` inside the surface along the vertex normal (default 0.5% of the bounding
-    box diagonal, about one grid cell): the field learns colour where the renderer's weights peak, which is
-    just inside the level set, while just outside it is untrained.
+    The albedo is read ``inset`` inside the surface along the vertex normal (default :func:`default_inset`),
+    see :func:`albedo_inside`.
     """
-    inset = 0.005 * float(mesh.scale) if inset is None else inset
-    points = torch.as_tensor(mesh.vertices - inset * mesh.vertex_normals, dtype=torch.float32, device=device)
-    colors = torch.cat([albedo_fn(points[s:s + chunk]).reshape(-1, 3).float()
-                        for s in range(0, len(points), chunk)])
-    rgb = (colors.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
+    inset = default_inset(mesh) if inset is None else inset
+    colors = albedo_inside(mesh.vertices, mesh.vertex_normals, albedo_fn, inset, chunk, device)
+    rgb = (colors * 255.0).round().astype(np.uint8)
     rgba = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba)
     return mesh
