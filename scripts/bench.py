@@ -2,12 +2,24 @@
 
     python scripts/bench.py                                  # recipe quickstart (toy-world prior), torch backend
     python scripts/bench.py --recipe dreamfusion-sd model=/path/to/sd --backends torch cuda --resolutions 64 128
+    python scripts/bench.py --raster                         # mesh rasterizer frames/s (50k faces, 64/128/256 px)
+    python scripts/bench.py --export                         # export: 256^3 extraction + 1024^2 texture bake
 
 It drives the real stage loop (``Stage.train_step``) and prints JSON: for each backend x resolution the
 median step time, steps/s, the median time of each phase (render, guidance, backward, optimizer), the
 time inside the frozen prior's UNet (``prior``, part of guidance), and ``outside_prior_share`` = 1 -
 prior / step: the overhead DESIGN.md asks us to shrink. Steps are timed in steady state: the stage
 starts just past the occupancy grid's warm-up, as a run does after its first steps.
+
+``--raster`` times the mesh renderer instead (``threed.render.raster.render_mesh``, lambertian shading
+over a background, vertex positions and colours requiring grad): frames/s of forward + backward of one
+camera per frame, for a bumpy sphere of about ``--raster-faces`` faces, per backend and resolution.
+
+``--export`` times the export pipeline (``threed.export.pipeline``) on the recipe's first-stage NeRF as
+initialised (hash grid + MLP at their seeded initial values plus the centre density blob: a bumpy ball),
+or on a run's last checkpoint with ``--export-run RUN_DIR``: a ``--export-resolution``^3 extraction with
+the automatic level, clean-up, decimation to ``--export-faces``, vertex colours, xatlas unwrap and a
+``--texture-size``^2 albedo bake, and writing GLB/OBJ/PLY; the median of ``--repeats`` runs per phase.
 """
 
 from __future__ import annotations
@@ -84,6 +96,89 @@ def bench_one(recipe: str, overrides: list[str], backend: str, resolution: int, 
     }
 
 
+def bench_raster(backend: str, resolution: int, faces: int, steps: int, device: torch.device) -> dict:
+    """Forward + backward frames/s of ``render_mesh`` on a ~``faces``-face mesh seen from random orbit cameras."""
+    import math
+
+    import trimesh
+
+    from threed.cameras import CameraSampler
+    from threed.geometry.mesh import Mesh
+    from threed.render.background import Background
+    from threed.render.raster import MeshRendererConfig, render_mesh
+
+    n = max(4, round(math.sqrt(faces / 4)))  # a uv sphere of count [n, n] has about 4 n^2 faces
+    tm = trimesh.creation.uv_sphere(radius=0.7, count=[n, n])
+    g = torch.Generator().manual_seed(0)
+    base = Mesh.from_trimesh(tm, device=device)
+    bumps = 1.0 + 0.05 * torch.sin(7 * base.vertices[:, :1]) * torch.cos(5 * base.vertices[:, 1:2])
+    vertices = (base.vertices * bumps).requires_grad_(True)
+    colors = torch.rand(len(vertices), 3, generator=g).to(device).requires_grad_(True)
+    mesh = Mesh(vertices, base.faces, colors)
+    cfg = MeshRendererConfig(backend=backend)
+    background = Background().to(device)
+    sampler = CameraSampler()
+
+    def frame(cams):
+        out = render_mesh(mesh, cams, background, "lambertian", cfg=cfg, training=True)
+        (out.rgb.square().mean() + out.depth.mean()).backward()
+
+    cams = [sampler.sample(resolution, generator=g, batch_size=1).to(device) for _ in range(steps + 2)]
+    for c in cams[:2]:
+        frame(c)
+    times = []
+    for c in cams[2:]:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        frame(c)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    med = sorted(times)[len(times) // 2]
+    return {"backend": backend, "resolution": resolution, "faces": int(len(mesh.faces)), "frames": steps,
+            "median_frame_s": round(med, 4), "frames_per_s": round(1.0 / med, 2)}
+
+
+def bench_export(recipe: str, overrides: list[str], resolution: int, texture_size: int, faces: int | None,
+                 repeats: int, device: torch.device, run_dir: str | None = None) -> dict:
+    """Median seconds per export phase (see the module docstring) over ``repeats`` runs."""
+    import statistics
+    from dataclasses import replace
+
+    from threed.export.pipeline import build_assets, scene_from_checkpoint, write_assets
+    from threed.recipe import last_checkpoint, load_run_config
+    from threed.scene import Scene
+
+    if run_dir is not None:
+        cfg = load_run_config(Path(run_dir))
+        scene = scene_from_checkpoint(cfg, last_checkpoint(Path(run_dir), cfg), device)
+        source = f"checkpoint of {run_dir}"
+    else:
+        cfg = load_recipe(recipe, overrides, prompt="a red cube")
+        torch.manual_seed(cfg.seed)
+        scene = Scene(cfg.stages[0].scene).to(device).eval()
+        source = f"{recipe} stage 0 at initialisation"
+    export = replace(cfg.export, resolution=resolution, texture="uv", texture_size=texture_size, faces=faces,
+                     views=0, video=False)
+    runs = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            assets = build_assets(scene, export, device)
+            t1 = time.perf_counter()
+            write_assets(assets, Path(tmp), export.formats)
+            t2 = time.perf_counter()
+        seconds = dict(assets.info["seconds"])
+        seconds.update(assets.info["texture"]["seconds"], write=t2 - t1, total=t2 - t0)
+        runs.append(seconds)
+    phases = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+    return {"source": source, "resolution": resolution, "texture_size": texture_size, "target_faces": faces,
+            "faces_before_decimation": assets.info.get("faces_before_decimation", assets.info["faces"]),
+            "faces": assets.info["faces"], "vertices": assets.info["vertices"],
+            "charts": assets.info["texture"]["charts"], "repeats": repeats, "median_s": phases}
+
+
 def main(argv: list[str] | None = None) -> int:
     default_recipe = "quickstart" if "quickstart" in available_recipes() else "dreamfusion-sd"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,14 +190,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--output", help="also write the JSON here")
+    parser.add_argument("--raster", action="store_true", help="benchmark the mesh rasterizer instead of the stage")
+    parser.add_argument("--raster-faces", type=int, default=50_000)
+    parser.add_argument("--raster-resolutions", nargs="+", type=int, default=[64, 128, 256])
+    parser.add_argument("--export", action="store_true", help="benchmark mesh + texture export instead of the stage")
+    parser.add_argument("--export-resolution", type=int, default=256, help="marching-cubes grid per axis")
+    parser.add_argument("--export-faces", type=int, default=50_000, help="decimation target (0: none)")
+    parser.add_argument("--texture-size", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3, help="export runs; phases report their median")
+    parser.add_argument("--export-run", metavar="RUN_DIR", help="export this run's last checkpoint instead")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     backends = args.backends or (["torch", "cuda"] if device.type == "cuda" else ["torch"])
-    results = [bench_one(args.recipe, args.overrides, b, r, args.steps, device, args.prompt)
-               for b in backends for r in args.resolutions]
-    report = {"recipe": args.recipe, "overrides": args.overrides, "device": str(device),
+    report = {"device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "nerf_stage": results}
+              "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if args.export:
+        report["export"] = bench_export(args.recipe, args.overrides, args.export_resolution, args.texture_size,
+                                        args.export_faces or None, args.repeats, device, args.export_run)
+    elif args.raster:
+        report["rasterizer"] = [bench_raster(b, r, args.raster_faces, args.steps, device)
+                                for b in backends for r in args.raster_resolutions]
+    else:
+        report.update(recipe=args.recipe, overrides=args.overrides)
+        report["nerf_stage"] = [bench_one(args.recipe, args.overrides, b, r, args.steps, device, args.prompt)
+                                for b in backends for r in args.resolutions]
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
