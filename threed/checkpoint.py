@@ -34,6 +34,8 @@ class Checkpoint:
     """Representation (``nerf``, ...): what ``scene`` holds."""
     scene: dict[str, Any]
     """Scene state_dict (geometry, background, renderer buffers)."""
+    scene_config: dict[str, Any] = field(default_factory=dict)
+    """The scene's config as plain data, so the next stage can rebuild this scene without the recipe."""
     optimizer: dict[str, Any] | None = None
     guidance: dict[str, Any] = field(default_factory=dict)
     """Trainable guidance state (e.g. VSD's LoRA adapters); empty for SDS."""

@@ -1,4 +1,4 @@
-"""Command line: ``threed generate | export | render | recipes``.
+"""Command line: ``threed generate | export | render | recipes | batch``.
 
 ``threed generate PROMPT [--recipe NAME_OR_PATH] [--out DIR] [KEY=VALUE ...]``
 ``threed generate --resume RUN_DIR [KEY=VALUE ...]``
@@ -114,6 +114,29 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from threed.batch.jobs import read_jobs
+    from threed.batch.runner import BatchConfig, run_batch
+    from threed.recipe import slugify
+
+    items = list(args.items)
+    prompts = Path(items.pop(0)) if items and ("=" not in items[0] or Path(items[0]).is_file()) else None
+    image_dir = Path(args.image_dir) if args.image_dir else None
+    jobs = read_jobs(prompts, image_dir)
+    out = args.out or f"outputs/batch-{slugify((prompts or image_dir).stem)}"
+    cfg = BatchConfig(recipe=args.recipe, overrides=items, out=out, workers=args.workers, retries=args.retries,
+                      ray=args.ray)
+    try:
+        index = run_batch(cfg, jobs)
+    except KeyboardInterrupt:
+        print(f"threed batch: interrupted; finished jobs and checkpoints are kept in {out}: rerun the same "
+              f"command to resume", file=sys.stderr)
+        return 130
+    ids = [job.id for job in jobs]
+    print(index.summary(ids))
+    return 0 if all(index.entries[i].status == "done" for i in ids) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threed", description="Text or image to 3D assets by score distillation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,11 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--output", help="video path (default RUN_DIR/export/turntable.mp4)")
     ren.add_argument("--frames", type=int, default=60)
     ren.add_argument("--resolution", type=int, default=256)
-    ren.add_argument("--shading", choices=["albedo", "lambertian", "textureless"], default="albedo")
+    ren.add_argument("--shading", choices=["albedo", "lambertian", "textureless", "normal"], default="albedo")
     ren.set_defaults(func=cmd_render)
 
     rec = sub.add_parser("recipes", help="list the shipped recipes")
     rec.set_defaults(func=cmd_recipes)
+
+    bat = sub.add_parser("batch", help="generate one asset per line of a prompts file (or per image), resumable",
+                         description="threed batch PROMPTS_FILE [--image-dir DIR] [--recipe R] [--out DIR] "
+                                     "[--workers N] [--retries N] [--ray auto|local|ADDRESS] [KEY=VALUE ...]")
+    bat.add_argument("items", nargs="*", metavar="PROMPTS_FILE KEY=VALUE",
+                     help="a file with one prompt per line, then recipe overrides for every job")
+    bat.add_argument("--image-dir", metavar="DIR", help="also one image-to-3D job per image in DIR")
+    bat.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"recipe for every job; default {DEFAULT_RECIPE}")
+    bat.add_argument("--out", help="batch folder: OUT/<job>/ per job and OUT/index.json "
+                                   "(default outputs/batch-<prompts file name>); rerun to resume")
+    bat.add_argument("--workers", type=int, metavar="N",
+                     help="jobs at once (default: one per GPU, else min(4, cores/2); with --ray: what the "
+                          "cluster fits)")
+    bat.add_argument("--retries", type=int, default=2, metavar="N",
+                     help="extra attempts for a job that crashes or whose worker dies (default 2)")
+    bat.add_argument("--ray", metavar="auto|local|ADDRESS",
+                     help="run each job as a Ray task: auto = the running cluster, local = start one here "
+                          "(needs: pip install -e .[batch])")
+    bat.set_defaults(func=cmd_batch)
     return parser
 
 

@@ -78,13 +78,19 @@ def recipe_path(name_or_path: str) -> Path:
 
 
 def _apply_list_overrides(base, overrides) -> None:
-    """OmegaConf merges lists wholesale; ``stages.0.steps=10`` must edit one stage instead."""
+    """OmegaConf merges lists wholesale; ``stages.0.steps=10`` must edit one stage instead, and
+    ``stages.*.steps=10`` every stage (applied first, so a numbered override wins)."""
     for key in [k for k in overrides if k == "stages" and OmegaConf.is_dict(overrides[k])]:
-        for idx, patch in overrides.pop(key).items():
-            i = int(idx)
-            if not 0 <= i < len(base.stages):
-                raise ThreedError(f"override stages.{idx}: the recipe has {len(base.stages)} stages")
-            base.stages[i] = OmegaConf.merge(base.stages[i], patch)
+        patches = overrides.pop(key)
+        for idx in sorted(patches, key=lambda k: k != "*"):
+            if idx == "*":
+                for i in range(len(base.stages)):
+                    base.stages[i] = OmegaConf.merge(base.stages[i], patches[idx])
+                continue
+            if not str(idx).isdigit() or not 0 <= int(idx) < len(base.stages):
+                raise ThreedError(f"override stages.{idx}: the recipe has {len(base.stages)} stages "
+                                  f"(use stages.0 ... stages.{len(base.stages) - 1}, or stages.* for all)")
+            base.stages[int(idx)] = OmegaConf.merge(base.stages[int(idx)], patches[idx])
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = (), **top_level) -> RecipeConfig:
@@ -151,6 +157,8 @@ def run_recipe(cfg: RecipeConfig, run_dir: Path) -> dict[str, Path]:
     ckpt: Checkpoint | None = None
     for i, stage_cfg in enumerate(cfg.stages):
         ckpt = Stage(stage_cfg, ctx, i).run(init=ckpt)
+        if not ckpt.scene_config:  # written before checkpoints described their scene: the recipe knows it
+            ckpt.scene_config = to_dict(stage_cfg.scene)
     tqdm.write(f"exporting to {run_dir / 'export'}")
     return export_run(run_dir, cfg, ckpt, device)
 

@@ -7,12 +7,13 @@ checkpoints and the exporters talk to a Scene.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from threed.cameras import Cameras
+from threed.config import build
 from threed.errors import ThreedError
 from threed.geometry.dmtet import DMTet, DMTetConfig
 from threed.geometry.nerf import NeRFField, NeRFFieldConfig
@@ -21,6 +22,9 @@ from threed.render.output import RenderOut
 from threed.render.raster import MeshRenderer, MeshRendererConfig
 from threed.render.shading import Shading, ShadingConfig
 from threed.render.volume import VolumeRenderer, VolumeRendererConfig
+
+if TYPE_CHECKING:
+    from threed.checkpoint import Checkpoint
 
 
 @dataclass
@@ -43,6 +47,10 @@ class DMTetSceneConfig:
     renderer: MeshRendererConfig = field(default_factory=MeshRendererConfig)
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     shading: ShadingConfig = field(default_factory=ShadingConfig)
+    train: Literal["all", "geometry", "texture"] = "all"
+    """What this stage optimises: ``geometry`` (SDF and deformation; Fantasia3D's first stage, often with
+    normal-map shading), ``texture`` (only the albedo field, on a fixed surface: Magic3D's and
+    ProlificDreamer's texture stages) or ``all``."""
     init_level: float | None = None
     """Density level of the previous (NeRF) stage's surface when starting from it; None chooses it
     automatically, as mesh export does (threed.export.isosurface)."""
@@ -51,6 +59,8 @@ class DMTetSceneConfig:
 
 
 SceneConfig = NeRFSceneConfig | DMTetSceneConfig
+SCENE_CONFIGS: dict[str, type] = {"nerf": NeRFSceneConfig, "dmtet": DMTetSceneConfig}
+"""Scene config class per ``kind``."""
 
 
 @dataclass
@@ -85,6 +95,15 @@ class Scene(nn.Module):
         else:
             raise ValueError(f"unknown scene kind {cfg.kind!r}; choose nerf or dmtet")
 
+    @classmethod
+    def from_checkpoint(cls, ckpt: "Checkpoint", device: torch.device | str = "cpu") -> "Scene":
+        """The scene a checkpoint holds, rebuilt from its own ``scene_config``, weights loaded, in eval mode."""
+        if ckpt.scene_kind not in SCENE_CONFIGS:
+            raise ThreedError(f"checkpoint of stage {ckpt.stage!r} holds an unknown scene kind {ckpt.scene_kind!r}")
+        scene = cls(build(SCENE_CONFIGS[ckpt.scene_kind], ckpt.scene_config, "scene")).to(device)
+        scene.load_state_dict(ckpt.scene)
+        return scene.eval()
+
     @property
     def geometry(self) -> NeRFField | DMTet:
         return self.renderer.geometry
@@ -116,11 +135,18 @@ class Scene(nn.Module):
         self.renderer.update(step)
 
     def parameter_groups(self, opt: OptimizerConfig) -> list[dict]:
-        """Adam groups: per-vertex grid parameters, hash-grid tables, MLPs, background."""
-        grid = [p for name, p in self.geometry.named_parameters() if name.endswith("_param")]
-        encoding = [p for name, p in self.geometry.named_parameters() if "encoding" in name.split(".")[0]]
+        """Adam groups: per-vertex grid parameters, hash-grid tables, MLPs, background.
+
+        Parameters a stage does not train (``train: texture`` or ``geometry`` on DMTet) are frozen here,
+        so no gradient is computed for them, and left out of every group.
+        """
+        for p in self._frozen_parameters():
+            p.requires_grad_(False)
+        named = [(n, p) for n, p in self.geometry.named_parameters() if p.requires_grad]
+        grid = [p for name, p in named if name.endswith("_param")]
+        encoding = [p for name, p in named if "encoding" in name.split(".")[0]]
         taken = {id(p) for p in grid + encoding}
-        network = [p for p in self.geometry.parameters() if id(p) not in taken]
+        network = [p for _, p in named if id(p) not in taken]
         groups = [{"params": grid, "lr": opt.lr_geometry, "name": "geometry"},
                   {"params": encoding, "lr": opt.lr_encoding, "name": "encoding"},
                   {"params": network, "lr": opt.lr_network, "name": "network"}]
@@ -128,6 +154,14 @@ class Scene(nn.Module):
         if background:
             groups.append({"params": background, "lr": opt.lr_background, "name": "background"})
         return [g for g in groups if g["params"]]
+
+    def _frozen_parameters(self) -> list[nn.Parameter]:
+        train = getattr(self.cfg, "train", "all")
+        if train == "texture":
+            return self.geometry.geometry_parameters()
+        if train == "geometry":
+            return self.geometry.texture_parameters()
+        return []
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
         """Density at world points (N x 3 -> N x 1), for isosurface extraction (NeRF scenes)."""

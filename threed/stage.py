@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from threed.cameras import CameraSampler, CameraSamplerConfig
 from threed.checkpoint import Checkpoint, capture_rng, restore_rng
+from threed.config import to_dict
 from threed.errors import ThreedError
 from threed.export.video import write_grid
 from threed.guidance.prior import load_prior
@@ -47,6 +48,8 @@ class LossWeights:
     opaque: float = 0.0
     """Binary entropy of opacity: pushes each pixel to fully empty or fully opaque."""
 
+    normal_consistency: float = 0.0
+    """Mesh stages: mean 1 - cos between neighbouring face normals; keeps a refined surface smooth."""
 
 @dataclass
 class StageConfig:
@@ -224,13 +227,22 @@ class Stage:
         return tr.last
 
     def _hand_off(self, scene: Scene, init: Checkpoint) -> None:
-        if init.scene_kind != scene.cfg.kind:
-            raise ThreedError(f"stage {self.cfg.name!r} ({scene.cfg.kind}) cannot start from a {init.scene_kind} "
-                              f"stage ({init.stage!r})")
-        missing, unexpected = scene.load_state_dict(init.scene, strict=False)
-        if unexpected or missing:
-            raise ThreedError(f"stage {self.cfg.name!r} cannot take the geometry of stage {init.stage!r}: their "
-                              f"geometry settings differ (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        """Start ``scene`` from the previous stage: its weights when the representation is the same, else
+        a conversion (:meth:`Scene.init_from`, e.g. NeRF density -> DMTet SDF)."""
+        if init.scene_kind == scene.cfg.kind:
+            missing, unexpected = scene.load_state_dict(init.scene, strict=False)
+            if unexpected or missing:
+                raise ThreedError(f"stage {self.cfg.name!r} cannot take the geometry of stage {init.stage!r}: "
+                                  f"their geometry settings differ (missing {missing[:3]}, unexpected "
+                                  f"{unexpected[:3]}); keep the grid/encoding settings equal across same-kind stages")
+            return
+        if not init.scene_config:
+            raise ThreedError(f"stage {self.cfg.name!r} ({scene.cfg.kind}) cannot start from the {init.scene_kind} "
+                              f"checkpoint of stage {init.stage!r}: it predates typed hand-offs (no scene_config)")
+        previous = Scene.from_checkpoint(init, self.ctx.device)
+        info = scene.init_from(previous)
+        tqdm.write(f"stage {self.index} {self.cfg.name}: started from the {init.scene_kind} of stage "
+                   f"{init.stage!r} ({', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in info.items())})")
 
     def _checkpoint(self, tr: "Training", loss: float | None) -> Checkpoint:
         ckpt = Checkpoint(stage=self.cfg.name, step=tr.step, total_steps=self.total_steps,
@@ -245,6 +257,7 @@ class Stage:
                 else "no checkpoint had been written yet")
         raise ThreedError(f"stage {self.cfg.name!r}: the {what} became NaN/inf at step {step + 1}; stopped, and "
                           f"{kept}. Lower the learning rates (optimizer.*) or the guidance scale, then "
+                          scene_config=to_dict(tr.scene.cfg),
                           f"resume with --resume {self.ctx.run_dir}")
 
     def validate(self, scene: Scene, step: int) -> Path:

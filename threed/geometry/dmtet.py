@@ -218,6 +218,8 @@ class DMTet(nn.Module):
             self.sdf_mlp = _mlp(self.sdf_encoding.n_output_dims, 4, cfg.hidden_dim, cfg.n_hidden_layers)
         self.albedo_encoding = make_encoding(cfg.encoding, n_input_dims=3)
         self.albedo_mlp = _mlp(self.albedo_encoding.n_output_dims, 3, cfg.hidden_dim, cfg.n_hidden_layers)
+        self._frozen_mesh: Mesh | None = None
+        self.register_load_state_dict_post_hook(self._forget_mesh)
         self.init_shape(ellipsoid_sdf(cfg.init_radii if cfg.init == "ellipsoid" else (cfg.init_radii[0],) * 3))
 
     @property
@@ -244,10 +246,36 @@ class DMTet(nn.Module):
             positions = positions + self.cfg.deform_scale * self.cell * torch.tanh(raw)
         return sdf, positions
 
+    def geometry_parameters(self) -> list[nn.Parameter]:
+        """What shapes the surface: SDF and deformation (grid values, or their field)."""
+        return [p for name, p in self.named_parameters() if name.startswith(("sdf_", "deform_"))]
+
+    def texture_parameters(self) -> list[nn.Parameter]:
+        """The albedo field."""
+        return [p for name, p in self.named_parameters() if name.startswith("albedo_")]
+
     def mesh(self) -> Mesh:
-        """The current surface (marching tetrahedra of the deformed grid)."""
+        """The current surface (marching tetrahedra of the deformed grid).
+
+        When no geometry parameter requires grad (a texture-only stage), the surface cannot change, so it
+        is extracted once and reused until the weights are loaded again.
+        """
+        frozen = not any(p.requires_grad for p in self.geometry_parameters())
+        if frozen and self._frozen_mesh is not None:
+            return self._frozen_mesh
         sdf, positions = self.sdf_and_positions()
-        return marching_tets(positions, self.tets, sdf)
+        mesh = marching_tets(positions, self.tets, sdf)
+        if frozen:
+            self._frozen_mesh = Mesh(mesh.vertices.detach(), mesh.faces)
+            return self._frozen_mesh
+        return mesh
+
+    def _forget_mesh(self, *_) -> None:
+        self._frozen_mesh = None
+
+    def _apply(self, fn, recurse=True):  # .to(device) moves the cached surface too: rebuild it
+        self._frozen_mesh = None
+        return super()._apply(fn, recurse)
 
     def albedo(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
         return torch.sigmoid(self.albedo_mlp(self.albedo_encoding(self._unit(points))).float())

@@ -55,6 +55,33 @@ class Mesh:
             acc = acc.index_add(0, self.faces[:, k].long(), cross)
         return torch.nn.functional.normalize(acc, dim=-1, eps=1e-20)
 
+    def edge_face_pairs(self) -> Int[Tensor, "E 2"]:
+        """Pairs of faces that share an edge (each interior edge of a manifold mesh once)."""
+        faces = self.faces.long()
+        edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
+        owner = torch.arange(len(faces), device=faces.device).repeat(3)
+        key = edges[:, 0] * len(self.vertices) + edges[:, 1]
+        key, order = key.sort()
+        owner = owner[order]
+        shared = key[1:] == key[:-1]
+        return torch.stack([owner[:-1][shared], owner[1:][shared]], dim=1)
+
+    def normal_consistency(self) -> Float[Tensor, ""]:
+        """Mean ``1 - cos`` between the normals of faces that share an edge: 0 for a plane, small for a
+        smooth surface, large for a spiky one. The mesh regulariser of Magic3D-style refinement stages
+        (threestudio's ``lambda_normal_consistency``)."""
+        pairs = self.edge_face_pairs()
+        cross = _face_cross(self.vertices, self.faces)
+        size = cross.norm(dim=-1)
+        # Near-degenerate faces (marching tets puts some there) have no stable normal: 1/|cross| would
+        # blow up their gradient, so pairs that touch one are left out.
+        solid = size > 1e-4 * size.detach().mean()
+        pairs = pairs[solid[pairs].all(dim=1)]
+        if len(pairs) == 0:
+            return self.vertices.sum() * 0.0
+        n = cross / size.clamp(min=1e-12)[:, None]
+        return (1.0 - (n[pairs[:, 0]] * n[pairs[:, 1]]).sum(-1)).mean()
+
     def area(self) -> Tensor:
         """Total surface area."""
         return 0.5 * _face_cross(self.vertices, self.faces).norm(dim=-1).sum()

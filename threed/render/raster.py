@@ -52,7 +52,7 @@ from threed.cameras import Cameras
 from threed.geometry.mesh import Mesh
 from threed.render.background import Background
 from threed.render.output import RenderOut
-from threed.render.shading import Shading, ShadingConfig, shade
+from threed.render.shading import SHADINGS, Shading, ShadingConfig, shade
 
 AlbedoFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 3"]]
 
@@ -441,8 +441,8 @@ def render_mesh(mesh: Mesh, cameras: Cameras, background: Background | None = No
     normal, both multiplied by opacity (0 where empty), as the volume renderer composites them.
     ``background=None`` composites over black.
     """
-    if shading not in ("albedo", "lambertian", "textureless"):
-        raise ValueError(f"unknown shading mode {shading!r}; choose albedo, lambertian or textureless")
+    if shading not in SHADINGS:
+        raise ValueError(f"unknown shading mode {shading!r}; choose one of {', '.join(SHADINGS)}")
     cfg = cfg or MeshRendererConfig()
     frags = rasterize(mesh.vertices, mesh.faces, cameras, backend=cfg.backend, near=cfg.near,
                       max_pairs=cfg.max_pairs)
@@ -495,8 +495,12 @@ class MeshRenderer(nn.Module):
     def forward(self, cameras: Cameras, shading: Shading = "albedo") -> RenderOut:
         """Render ``cameras`` (B cameras, H x W) with DreamFusion ``shading``; outputs are B x H x W x C."""
         albedo_fn = getattr(self.geometry, "albedo", None)
-        return render_mesh(self.geometry.mesh(), cameras, self.background, shading, albedo_fn=albedo_fn,
-                           ambient=self.shading.ambient, cfg=self.cfg, training=self.training)
+        mesh = self.geometry.mesh()
+        out = render_mesh(mesh, cameras, self.background, shading, albedo_fn=albedo_fn,
+                          ambient=self.shading.ambient, cfg=self.cfg, training=self.training)
+        if self.training and mesh.vertices.requires_grad:
+            out.aux["normal_consistency"] = mesh.normal_consistency()
+        return out
 
     def update(self, step: int) -> None:
         """Nothing to refresh per step (the volume renderer's occupancy grid has no counterpart here)."""

@@ -32,7 +32,7 @@ from threed.backends import Backend, FastPath, use_fast_path
 from threed.cameras import Cameras
 from threed.render.background import Background
 from threed.render.output import RenderOut
-from threed.render.shading import Shading, ShadingConfig, shade
+from threed.render.shading import SHADINGS, Shading, ShadingConfig, shade
 
 
 @dataclass
@@ -176,8 +176,8 @@ class VolumeRenderer(nn.Module):
         return self._render(cameras, shading, chunk or self.cfg.eval_chunk)
 
     def _render(self, cameras: Cameras, shading: Shading, chunk: int | None) -> RenderOut:
-        if shading not in ("albedo", "lambertian", "textureless"):
-            raise ValueError(f"unknown shading mode {shading!r}; choose albedo, lambertian or textureless")
+        if shading not in SHADINGS:
+            raise ValueError(f"unknown shading mode {shading!r}; choose one of {', '.join(SHADINGS)}")
         B, H, W = len(cameras), cameras.height, cameras.width
         origins, dirs = cameras.rays()
         o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
