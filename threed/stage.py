@@ -47,9 +47,9 @@ class LossWeights:
     """Mean of sqrt(opacity^2 + 0.01): discourages fog and floaters."""
     opaque: float = 0.0
     """Binary entropy of opacity: pushes each pixel to fully empty or fully opaque."""
-
     normal_consistency: float = 0.0
     """Mesh stages: mean 1 - cos between neighbouring face normals; keeps a refined surface smooth."""
+
 
 @dataclass
 class StageConfig:
@@ -247,6 +247,7 @@ class Stage:
     def _checkpoint(self, tr: "Training", loss: float | None) -> Checkpoint:
         ckpt = Checkpoint(stage=self.cfg.name, step=tr.step, total_steps=self.total_steps,
                           scene_kind=tr.scene.cfg.kind, scene=tr.scene.state_dict(),
+                          scene_config=to_dict(tr.scene.cfg),
                           optimizer=tr.optimizer.state_dict(), guidance=tr.guidance.state_dict(),
                           rng={"global": capture_rng(), "stage": tr.rng.getstate()}, loss=loss)
         ckpt.save(self.checkpoint_path)
@@ -257,7 +258,6 @@ class Stage:
                 else "no checkpoint had been written yet")
         raise ThreedError(f"stage {self.cfg.name!r}: the {what} became NaN/inf at step {step + 1}; stopped, and "
                           f"{kept}. Lower the learning rates (optimizer.*) or the guidance scale, then "
-                          scene_config=to_dict(tr.scene.cfg),
                           f"resume with --resume {self.ctx.run_dir}")
 
     def validate(self, scene: Scene, step: int) -> Path:
