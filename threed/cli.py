@@ -1,4 +1,4 @@
-"""Command line: ``threed generate | export | render | recipes | batch``.
+"""Command line: ``threed generate | export | render | recipes | batch | app``.
 
 ``threed generate PROMPT [--recipe NAME_OR_PATH] [--out DIR] [KEY=VALUE ...]``
 ``threed generate --resume RUN_DIR [KEY=VALUE ...]``
@@ -137,6 +137,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0 if all(index.entries[i].status == "done" for i in ids) else 1
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError as exc:
+        raise ThreedError(f"the web app needs gradio ({exc}): pip install -e \".[app]\"") from exc
+    from threed.app.server import serve
+
+    print(f"threed app: http://{args.host}:{args.port} (output folder {Path(args.out).resolve()})", file=sys.stderr)
+    serve(args.host, args.port, Path(args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threed", description="Text or image to 3D assets by score distillation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run each job as a Ray task: auto = the running cluster, local = start one here "
                           "(needs: pip install -e .[batch])")
     bat.set_defaults(func=cmd_batch)
+
+    app = sub.add_parser("app", help="serve the web app (needs: pip install -e .[app])")
+    app.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--out", default="outputs", help="output folder: runs are written and listed here")
+    app.set_defaults(func=cmd_app)
     return parser
 
 

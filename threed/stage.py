@@ -30,6 +30,7 @@ from threed.guidance.score import (
     make_guidance,
 )
 from threed.profiling import PhaseTimer
+from threed.progress import StageProgress
 from threed.render.output import RenderOut
 from threed.render.shading import choose_shading
 from threed.scene import NeRFSceneConfig, OptimizerConfig, Scene, SceneConfig
@@ -206,6 +207,7 @@ class Stage:
         bar = tqdm(total=self.total_steps, initial=start, desc=f"stage {self.index} {cfg.name}",
                    dynamic_ncols=True, mininterval=1.0)
         t0, loss_value = time.perf_counter(), float("nan")
+        self._progress(start, None, start, t0)
         while tr.step < self.total_steps:
             loss, g = self.train_step(tr)
             done = tr.step
@@ -213,6 +215,7 @@ class Stage:
             if done % cfg.log_every == 0 or done == self.total_steps:
                 loss_value = float(loss)
                 bar.set_postfix(loss=f"{loss_value:.4g}", t=f"{g.terms.get('t', float('nan')):.2f}", refresh=False)
+                self._progress(done, loss_value, start, t0)
             if cfg.val_every and (done % cfg.val_every == 0 or done == self.total_steps):
                 self.validate(tr.scene, done)
             if done % cfg.ckpt_every == 0 or done == self.total_steps:
@@ -225,6 +228,11 @@ class Stage:
         if tr.last is None or tr.last.step < tr.step:  # zero-step stage: still hand on the geometry
             tr.last = self._checkpoint(tr, None)
         return tr.last
+
+    def _progress(self, done: int, loss: float | None, start: int, t0: float) -> None:
+        """Report the step to ``progress.json`` for watchers in other processes (:mod:`threed.progress`)."""
+        StageProgress.measure(self.cfg.name, self.index, done, self.total_steps, loss, done - start,
+                              time.perf_counter() - t0).write(self.dir)
 
     def _hand_off(self, scene: Scene, init: Checkpoint) -> None:
         """Start ``scene`` from the previous stage: its weights when the representation is the same, else

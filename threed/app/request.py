@@ -1,0 +1,112 @@
+"""What a page submits, checked before it is queued, and turned into the ``threed generate`` command it runs.
+
+A job runs the same command a person would type, so a web run and a terminal run of the same settings
+are the same run. Everything that can be checked without loading a model is checked here, while the
+person is still looking at the form: an empty prompt, an image without alpha and no mask, a recipe
+override with an unknown key or a bad value. What needs the model (a word the prior does not know,
+missing weights) fails in the job, and the page shows that job's message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from threed.errors import ThreedError
+from threed.recipe import RecipeConfig, load_recipe
+
+OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=.*", re.DOTALL)
+"""A recipe override: a dotted key, ``=``, a value (never a command-line option)."""
+FORM_KEYS = ("prompt", "image", "mask")
+"""Keys the form sets itself: an override may not point them elsewhere (e.g. at a file outside the output folder)."""
+
+
+@dataclass
+class JobRequest:
+    """The form: a prompt (or an image with an optional mask), a recipe and a few key settings."""
+
+    prompt: str = ""
+    """Text prompt; may be empty when an image is given."""
+    recipe: str = "quickstart"
+    """Shipped recipe name (see ``threed recipes``)."""
+    steps: int | None = None
+    """Caps every stage's steps (``max_steps``); None keeps the recipe's."""
+    seed: int | None = None
+    """None keeps the recipe's."""
+    preview_every: int | None = None
+    """Validation render every this many steps, in every stage (``stages.N.val_every``); None keeps the recipe's."""
+    model: str | None = None
+    """Prior (hub id, local diffusers folder or ``toyworld``); None keeps the recipe's."""
+    overrides: list[str] = field(default_factory=list)
+    """Further ``KEY=VALUE`` recipe overrides, as on the command line."""
+    image: Path | None = None
+    """Uploaded reference image, for image-to-3D."""
+    mask: Path | None = None
+    """Uploaded foreground mask for an image without alpha."""
+
+    def recipe_overrides(self) -> list[str]:
+        """The settings as ``KEY=VALUE`` overrides, the form's fields first."""
+        items = [f"max_steps={self.steps}"] if self.steps else []
+        items += [f"seed={self.seed}"] if self.seed is not None else []
+        items += [f"model={self.model}"] if self.model else []
+        if self.preview_every:
+            stages = len(load_recipe(self.recipe).stages)
+            items += [f"stages.{i}.val_every={self.preview_every}" for i in range(stages)]
+        return items + list(self.overrides)
+
+    def validate(self) -> RecipeConfig:
+        """The resolved recipe; a :class:`ThreedError` with what to fix, for anything checkable without a model."""
+        if self.image is None and not self.prompt.strip():
+            raise ThreedError('the prompt is empty: describe the object, e.g. "a red cube" (or upload an image)')
+        for label, value in (("steps", self.steps), ("preview every", self.preview_every)):
+            if value is not None and value < 1:
+                raise ThreedError(f"{label} must be a positive number of steps, or blank for the recipe's")
+        if self.prompt.lstrip().startswith("-"):
+            raise ThreedError("a prompt cannot start with '-'")
+        for item in self.overrides:
+            if not OVERRIDE.fullmatch(item):
+                raise ThreedError(f"override {item!r} is not KEY=VALUE (one per line, e.g. max_steps=200)")
+            if item.split("=", 1)[0] in FORM_KEYS:
+                raise ThreedError(f"set {item.split('=', 1)[0]!r} with the form, not as an override")
+        if self.image is not None:
+            check_image(self.image, self.mask)
+            if not image_to_3d_available():
+                raise ThreedError("image-to-3D is not available yet in this version of threed; "
+                                  "describe the object in the prompt instead")
+        return load_recipe(self.recipe, self.recipe_overrides(), prompt=self.prompt.strip() or None)
+
+    def command(self, out: Path) -> list[str]:
+        """``threed`` arguments that run this request into run folder ``out``."""
+        args = ["generate", self.prompt.strip(), "--recipe", self.recipe, "--out", str(out)]
+        if self.image is not None:
+            args += ["--image", str(self.image)] + (["--mask", str(self.mask)] if self.mask else [])
+        return args + self.recipe_overrides()
+
+
+def resume_command(run: Path) -> list[str]:
+    """``threed`` arguments that continue an interrupted run folder."""
+    return ["generate", "--resume", str(run)]
+
+
+def check_image(image: Path, mask: Path | None) -> None:
+    """An image-to-3D input needs the object separated from its background: an alpha channel or a mask."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image) as im:
+            rgba = im.convert("RGBA") if im.mode == "P" else im
+            transparent = "A" in rgba.getbands() and rgba.getchannel("A").getextrema()[0] < 255
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ThreedError(f"the uploaded file is not an image threed can read ({exc})") from exc
+    if not transparent and mask is None:
+        raise ThreedError("the image has no transparent background (no alpha channel) and no mask was given: "
+                          "upload a PNG with the background removed, or add a mask (white = object)")
+
+
+def image_to_3d_available() -> bool:
+    """Whether ``threed generate`` takes ``--image`` (image-to-3D) in this installation."""
+    from threed.cli import build_parser
+
+    generate = build_parser()._subparsers._group_actions[0].choices["generate"]  # type: ignore[union-attr]
+    return any("--image" in a.option_strings for a in generate._actions)

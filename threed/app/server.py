@@ -1,0 +1,321 @@
+"""``threed app``: a gradio page to run recipes, watch them, and look at and download what they made.
+
+The page is a thin view over two things: the output folder (:mod:`threed.app.runs`, the only place it
+reads or writes) and the job queue (:mod:`threed.app.jobs`, one job per GPU or one on a CPU). A tab
+does not own its job: it follows a run by name, polling the run folder once a second, so a closed tab
+loses nothing, another tab can watch the same run, and past runs reopen the same way.
+
+Nothing leaves the machine: gradio's analytics are off, there are no share links, the fonts and the
+3D viewer (babylon.js) come from the gradio package itself, and the server binds 127.0.0.1 unless told
+otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from threed.app.jobs import JobQueue
+from threed.app.request import JobRequest, resume_command
+from threed.app.runs import RunView, list_runs, new_run_name, obj_zip, run_dir, view_run
+from threed.errors import ThreedError
+from threed.recipe import available_recipes, save_config
+
+POLL_S = 1.0
+"""Seconds between a page's looks at its run."""
+LISTED_RUNS = 200
+"""Past runs offered in the list, newest first."""
+CSS = """
+#threed-message:empty, #threed-status:empty { display: none; }
+#threed-message p { color: var(--error-text-color); font-weight: 600; }
+"""
+
+
+@dataclass
+class Recipe:
+    name: str
+    description: str
+    model: str
+
+
+def recipes() -> list[Recipe]:
+    """The shipped recipes with their one-line descriptions and default priors."""
+    out = []
+    for name, path in available_recipes().items():
+        cfg = OmegaConf.load(path)
+        out.append(Recipe(name, str(cfg.get("description", "")), str(cfg.get("model", ""))))
+    return out
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class App:
+    """The page's actions, as plain methods over an output folder and a queue (what the tests call directly)."""
+
+    def __init__(self, root: Path, queue: JobQueue | None = None):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.queue = queue or JobQueue(self.root)
+
+    def submit(self, request: JobRequest) -> str:
+        """Check ``request``, make its run folder and queue it; returns the run name."""
+        cfg = request.validate()
+        name = new_run_name(self.root, request.prompt or (request.image.stem if request.image else "image"))
+        path = run_dir(self.root, name, must_exist=False)
+        path.mkdir(parents=True)
+        if request.image is None:
+            save_config(cfg, path)  # listed at once, and the job is exactly a resume of this config
+            args = resume_command(path)
+        else:
+            kept = replace(request, image=self._keep(request.image, path, "input"),
+                           mask=request.mask and self._keep(request.mask, path, "mask"))
+            args = kept.command(path)
+        self.queue.submit(name, args)
+        return name
+
+    def resume(self, name: str) -> str:
+        """Queue the continuation of an unfinished, cancelled or failed run."""
+        path = run_dir(self.root, name)
+        live = self.queue.get(name)
+        if live is not None and live.state in ("queued", "running", "cancelling"):
+            raise ThreedError(f"run {name!r} is already {live.state}")
+        if view_run(path).state == "done":
+            raise ThreedError(f"run {name!r} is finished; there is nothing to resume")
+        self.queue.submit(name, resume_command(path))
+        return name
+
+    def cancel(self, name: str) -> str:
+        run_dir(self.root, name)
+        job = self.queue.cancel(name)
+        return "cancelled before it started" if job.state == "cancelled" else "stopping after the current step…"
+
+    def view(self, name: str) -> RunView:
+        return view_run(run_dir(self.root, name))
+
+    def status(self, view: RunView) -> str:
+        """The run's state in a sentence or two: step, loss, speed and ETA while it runs."""
+        job = self.queue.get(view.name)
+        state = job.state if job else view.state
+        message = job.message if job else view.job.get("message", "")
+        p = view.progress
+        where = ""
+        if p is not None:
+            n = len(view.stages)
+            stage = f"stage {p.index + 1}/{n} `{p.stage}`: " if n > 1 else ""
+            where = f"{stage}step {p.step}/{p.total_steps}"
+        if state == "queued":
+            pos = self.queue.position(view.name)
+            ahead = "next in line" if pos == 1 else f"{pos - 1} job(s) ahead" if pos else ""
+            return f"**Queued** ({ahead}; {self.queue.workers} worker(s))."
+        if state == "running" and job is None:
+            return "**Interrupted**: the server stopped while this run was going. Resume continues it."
+        if state == "running":
+            if p is None:
+                return "**Starting**: loading the prior…"
+            if p.index == len(view.stages) - 1 and p.step >= p.total_steps:
+                return f"**Exporting** the mesh and the turntable ({where} done)…"
+            loss = f" · loss {p.loss:.4g}" if p.loss is not None else ""
+            speed = f" · {p.it_per_s:.2f} it/s · ETA {duration(p.eta_s)}" if p.it_per_s else ""
+            pct = 100 * p.step / max(p.total_steps, 1)
+            return f"**Running** {where} ({pct:.0f}%){loss}{speed}"
+        if state == "cancelling":
+            return f"**Cancelling**: finishing the current step ({where})…"
+        if state == "done":
+            took = duration(view.job["finished"] - view.job["started"]) if view.job.get("started") else None
+            return f"**Done**{f' in {took}' if took else ''}: {where}." if where else "**Done**."
+        if state == "failed":
+            body = message.strip()
+            return f"**Failed**: {body}" if "\n" not in body else f"**Failed**:\n\n```\n{body}\n```"
+        if state == "cancelled":
+            at = f" at {where}" if where else ""
+            return f"**Cancelled**{at}. Resume continues from the last checkpoint."
+        return f"**Unfinished**{f' ({where})' if where else ''}. Resume continues it."
+
+    def run_choices(self) -> list[tuple[str, str]]:
+        """(label, run name) for the past-runs list."""
+        out = []
+        for name in list_runs(self.root)[:LISTED_RUNS]:
+            view = self.view(name)
+            job = self.queue.get(name)
+            out.append((f"{view.prompt or name} · {job.state if job else view.state} · {name}", name))
+        return out
+
+    @staticmethod
+    def _keep(upload: Path, path: Path, stem: str) -> Path:
+        """Copy an upload into the run folder, so the run reads only what is inside it."""
+        dest = path / f"{stem}{Path(upload).suffix.lower() or '.png'}"
+        shutil.copyfile(upload, dest)
+        return dest
+
+
+def parse_overrides(text: str | None) -> list[str]:
+    return [line.strip() for line in (text or "").splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def build(root: Path, queue: JobQueue | None = None):
+    """The gradio Blocks of the page over output folder ``root``; returns ``(blocks, app)``."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    app = App(root, queue)
+    shipped = recipes()
+    default = next((r for r in shipped if r.name == "quickstart"), shipped[0])
+
+    def model_hint(recipe: str) -> str:
+        model = next((r.model for r in shipped if r.name == recipe), "")
+        return f"recipe default: {model}" if model else "recipe default"
+
+    with gr.Blocks(title="threed", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as blocks:
+        current = gr.State(None)
+        shown = gr.State({})
+        gr.Markdown("# threed\nText (or a photo) to a 3D asset by score distillation. Jobs from every tab "
+                    "share one queue; everything is written under the output folder.")
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                prompt = gr.Textbox(label="Prompt", placeholder='e.g. "a red cube"', elem_id="threed-prompt")
+                with gr.Accordion("Or start from a photo", open=False):
+                    image = gr.Image(label="Image (transparent background)", type="filepath", image_mode=None,
+                                     format="png", sources=["upload", "clipboard"], elem_id="threed-image")
+                    mask = gr.Image(label="Mask (optional; white = object)", type="filepath", image_mode="L",
+                                    format="png", sources=["upload"], elem_id="threed-mask")
+                recipe = gr.Dropdown([(f"{r.name} — {r.description}", r.name) for r in shipped],
+                                     value=default.name, label="Recipe", elem_id="threed-recipe")
+                with gr.Accordion("Settings", open=False):
+                    with gr.Row():
+                        steps = gr.Number(None, label="Steps (per stage; blank: the recipe's)", precision=0,
+                                          elem_id="threed-steps")
+                        seed = gr.Number(None, label="Seed (blank: the recipe's)", precision=0,
+                                         elem_id="threed-seed")
+                        preview_every = gr.Number(None, label="Preview every N steps (blank: the recipe's)",
+                                                  precision=0, elem_id="threed-preview-every")
+                    model = gr.Textbox(label="Model", placeholder=model_hint(default.name),
+                                       elem_id="threed-model")
+                    overrides = gr.Textbox(label="Recipe overrides (KEY=VALUE, one per line)", lines=3,
+                                           placeholder="export.resolution=256\nstages.0.guidance.guidance_scale=50",
+                                           elem_id="threed-overrides")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="threed-generate")
+                    cancel = gr.Button("Cancel", variant="stop", elem_id="threed-cancel")
+                message = gr.Markdown(elem_id="threed-message")
+                with gr.Group():
+                    runs = gr.Dropdown(app.run_choices(), value=None, label="Past runs", elem_id="threed-runs")
+                    with gr.Row():
+                        refresh = gr.Button("Refresh list", size="sm")
+                        resume = gr.Button("Resume selected", size="sm", elem_id="threed-resume")
+            with gr.Column(scale=3, min_width=360):
+                status = gr.Markdown("Type a prompt and press **Generate**, or open a past run: progress, the "
+                                     "latest validation render, the 3D viewer, the turntable and the downloads "
+                                     "appear here.", elem_id="threed-status")
+                preview = gr.Image(label="Latest validation render (albedo · shaded · opacity)", interactive=False,
+                                   elem_id="threed-preview", visible=False)
+                viewer = gr.Model3D(label="Result (drag to orbit)", clear_color=(1.0, 1.0, 1.0, 1.0),
+                                    interactive=False, height=420, elem_id="threed-viewer")
+                video = gr.Video(label="Turntable", interactive=False, autoplay=True, loop=True,
+                                 elem_id="threed-video", visible=False)
+                downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
+                                    elem_id="threed-downloads", visible=False)
+
+        def panel(name, seen, relist=False):
+            """The right-hand side for run ``name``: status always, the rest only when it changed since ``seen``."""
+            view = app.view(name)
+            job = app.queue.get(name)
+            now = {"run": name, "state": job.state if job else view.state, "preview": str(view.preview),
+                   "glb": str(view.glb), "video": str(view.video)}
+            changed = now != seen
+            files = [p for p in (view.glb, obj_zip(view.path), view.ply, view.video) if p] if changed else []
+            relist = relist or (now["state"] != seen.get("state") and seen.get("run") == name)
+
+            def show(value):  # an empty viewer or player is hidden rather than shown as a blank box
+                return gr.update(value=value, visible=bool(value)) if changed else gr.skip()
+
+            return (app.status(view),
+                    show(str(view.preview) if view.preview else None),
+                    (str(view.glb) if view.glb else None) if changed else gr.skip(),  # hiding it breaks its canvas
+                    show(str(view.video) if view.video else None),
+                    show([str(p) for p in files]),
+                    gr.update(choices=app.run_choices(), value=name) if relist else gr.skip(),
+                    now)
+
+        def follow(action, *args):
+            """Run ``action`` (returns a run name), then show that run; its ThreedError goes to the message."""
+            try:
+                name = action(*args)
+                return (name, "") + panel(name, {}, relist=True)
+            except ThreedError as exc:
+                return (gr.skip(), str(exc)) + (gr.skip(),) * 7
+
+        def on_generate(prompt, image, mask, recipe, steps, seed, preview_every, model, overrides):
+            request = JobRequest(prompt=prompt or "", recipe=recipe, steps=int(steps) if steps else None,
+                                 seed=None if seed is None else int(seed), model=(model or "").strip() or None,
+                                 preview_every=int(preview_every) if preview_every else None,
+                                 overrides=parse_overrides(overrides), image=Path(image) if image else None,
+                                 mask=Path(mask) if mask else None)
+            return follow(app.submit, request)
+
+        def on_cancel(name):
+            if not name:
+                return "there is no run on this page to cancel"
+            try:
+                return app.cancel(name)
+            except ThreedError as exc:
+                return str(exc)
+
+        def on_resume(name):
+            return follow(app.resume, name) if name else (gr.skip(), "choose a run in the list first") + (gr.skip(),) * 7
+
+        def on_open(name):
+            return follow(lambda n: app.view(n).name, name) if name else (gr.skip(),) * 9
+
+        def on_poll(name, seen):
+            if not name:
+                return (gr.skip(),) * 7
+            try:
+                return panel(name, seen)
+            except ThreedError as exc:
+                return (str(exc),) + (gr.skip(),) * 6
+
+        shows = [status, preview, viewer, video, downloads, runs, shown]
+        generate.click(on_generate, [prompt, image, mask, recipe, steps, seed, preview_every, model, overrides],
+                       [current, message, *shows], api_name="generate",
+                       show_progress="hidden")
+        cancel.click(on_cancel, current, message, api_name="cancel", show_progress="hidden")
+        resume.click(on_resume, runs, [current, message, *shows], api_name="resume", show_progress="hidden")
+        runs.input(on_open, runs, [current, message, *shows], api_name="open_run", show_progress="hidden")
+        refresh.click(lambda: gr.update(choices=app.run_choices()), None, runs, api_name=False)
+        recipe.change(lambda r: gr.update(placeholder=model_hint(r)), recipe, model, api_name=False)
+        gr.Timer(POLL_S).tick(on_poll, [current, shown], shows, api_name=False, show_progress="hidden",
+                              concurrency_limit=None)
+    return blocks, app
+
+
+def serve(host: str = "127.0.0.1", port: int = 7860, out: Path = Path("outputs"), block: bool = True):
+    """Serve the page until interrupted (``block``), or start it and return ``(blocks, app, url)``."""
+    root = Path(out).resolve()
+    os.environ["GRADIO_TEMP_DIR"] = str(root / ".gradio")  # uploads and served copies stay in the output folder
+    blocks, app = build(root)
+    blocks.queue(default_concurrency_limit=None)
+    try:
+        _, url, _ = blocks.launch(server_name=host, server_port=port, share=False, inbrowser=False,
+                                  allowed_paths=[str(root)], ssr_mode=False, pwa=False, mcp_server=False,
+                                  enable_monitoring=False, footer_links=[], prevent_thread_lock=not block,
+                                  quiet=not block, css=CSS)
+    except BaseException:
+        app.queue.close()
+        raise
+    if not block:
+        return blocks, app, url
+    app.queue.close()
+    return None
