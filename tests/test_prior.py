@@ -115,6 +115,9 @@ def test_unknown_words_of_a_word_level_tokenizer_are_named(tiny_if_dir):
     assert "'purple'" in msg and "'zebra'" in msg and "'chair'" not in msg.split("it knows")[0]
     assert "it knows:" in msg and "chair" in msg.split("it knows")[1]  # small vocabulary: listed
     assert prior.encode_text(["A Red Chair"]).shape[0] == 1  # the tokenizer lower-cases: known
+    with pytest.raises(ThreedError) as err:  # a view suffix glued on: the word, not "zebra,"
+        prior.encode_text(["a red zebra, front view"])
+    assert "'zebra'" in str(err.value) and "'zebra,'" not in str(err.value)
 
 
 def test_unknown_characters_of_a_bpe_tokenizer_are_named(tiny_sd_dir):

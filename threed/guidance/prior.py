@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -80,29 +80,25 @@ def _atomic_save(obj: Any, path: Path) -> None:
 # --------------------------------------------------------------------------- priors
 
 
-class DiffusionPrior:
-    """A frozen text-conditioned diffusion model seen through what score distillation needs.
+class DiffusionCore:
+    """A frozen diffusion UNet and its noise schedule: the plumbing every prior shares, whatever conditions it.
 
-    Subclasses differ only in how images map to the diffusion variable ``x0`` and back
-    (:meth:`encode_images`, :meth:`decode`, :attr:`resolution`).
+    Text-to-image priors (:class:`DiffusionPrior`) add a text encoder; view-conditioned priors
+    (:mod:`threed.guidance.zero123`) add an image condition. ``concat_channels`` is the width of a
+    condition concatenated to the UNet input (Zero123's reference latent); ``channels`` is what
+    remains, the diffusion variable's own channels. Subclasses differ in how images map to ``x0``
+    and back (:meth:`encode_images`, :meth:`decode`, :attr:`resolution`).
     """
 
     latent: bool = False
 
-    def __init__(self, name: str, unet: torch.nn.Module, scheduler: Any, text_encoder: torch.nn.Module,
-                 tokenizer: Any, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 cache_key: str | None = None):
-        """``cache_key`` identifies the text encoder for the on-disk embedding cache; None disables it."""
+    def __init__(self, name: str, unet: torch.nn.Module, scheduler: Any, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, concat_channels: int = 0):
         self.name = name
         self.device = torch.device(device)
         self.dtype = dtype
         self.unet = _freeze(unet, self.device, dtype)
-        self.text_encoder = _freeze(text_encoder, self.device, dtype)
-        self.tokenizer = tokenizer
         self.scheduler = scheduler
-        self.cache_key = cache_key
-        if getattr(tokenizer, "pad_token", None) is None:
-            tokenizer.pad_token = tokenizer.eos_token
         if not hasattr(scheduler, "alphas_cumprod"):
             raise ThreedError(f"{name}: scheduler {type(scheduler).__name__} has no alphas_cumprod; "
                               "use a DDPM/DDIM/PNDM-style scheduler config")
@@ -112,16 +108,14 @@ class DiffusionPrior:
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ThreedError(f"{name}: prediction_type {self.prediction_type!r} is not supported "
                               "(epsilon or v_prediction)")
-        self.channels: int = int(unet.config.in_channels)
+        self.concat_channels = concat_channels
+        self.channels: int = int(unet.config.in_channels) - concat_channels
         out_channels = int(unet.config.out_channels)
-        if out_channels not in (self.channels, 2 * self.channels):
-            raise ThreedError(f"{name}: UNet has {self.channels} input but {out_channels} output channels")
+        if self.channels < 1 or out_channels not in (self.channels, 2 * self.channels):
+            raise ThreedError(f"{name}: UNet has {unet.config.in_channels} input channels ({concat_channels} of "
+                              f"them a concatenated condition) but {out_channels} output channels")
         self.learned_variance = out_channels == 2 * self.channels
         self.sample_size: int = int(unet.config.sample_size)
-        limits = [MAX_TEXT_TOKENS, getattr(tokenizer, "model_max_length", MAX_TEXT_TOKENS),
-                  getattr(text_encoder.config, "max_position_embeddings", MAX_TEXT_TOKENS)]
-        self.max_length: int = int(min(limits))
-        self._text_memory: dict[str, Tensor] = {}
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, resolution={self.resolution}, "
@@ -164,15 +158,23 @@ class DiffusionPrior:
 
     def model_outputs(self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, "B"],
                       embeddings: Sequence[Float[Tensor, "B L D"]], unet: torch.nn.Module | None = None,
-                      class_labels: Tensor | None = None) -> list[Float[Tensor, "B C h w"]]:
+                      class_labels: Tensor | None = None, concat: Sequence[Float[Tensor, "B K h w"]] | None = None
+                      ) -> list[Float[Tensor, "B C h w"]]:
         """The model's own predictions (epsilon or v), one per conditioning, from one batched UNet call.
 
         ``unet`` replaces the prior's UNet (VSD's LoRA copy, which also takes ``class_labels``, one row
-        per view). A learned-variance output keeps its first half. Returns float32; gradients flow if
-        the caller enables them.
+        per view). ``concat`` (one tensor per conditioning, :attr:`concat_channels` wide) is concatenated
+        to x_t along channels, as Zero123 conditions on its reference latent. A learned-variance output
+        keeps its first half. Returns float32; gradients flow if the caller enables them.
         """
         k = len(embeddings)
-        model_in = torch.cat([x_t] * k).to(self.dtype)
+        if (concat is None) != (self.concat_channels == 0) or (concat is not None and len(concat) != k):
+            raise ValueError(f"{self.name}: the UNet takes {self.concat_channels} concatenated condition channels; "
+                             f"give one concat tensor per conditioning ({k}), or none for an unconcatenated UNet")
+        model_in = torch.cat([x_t] * k)
+        if concat is not None:
+            model_in = torch.cat([model_in, torch.cat(list(concat)).to(model_in)], dim=1)
+        model_in = model_in.to(self.dtype)
         emb = torch.cat(list(embeddings)).to(self.device, self.dtype)
         kwargs = {} if class_labels is None else {"class_labels": torch.cat([class_labels] * k)}
         out = (unet or self.unet)(model_in, torch.cat([t] * k).to(self.device), encoder_hidden_states=emb,
@@ -181,14 +183,15 @@ class DiffusionPrior:
 
     def noise_predictions(self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, "B"],
                           embeddings: Sequence[Float[Tensor, "B L D"]], unet: torch.nn.Module | None = None,
-                          class_labels: Tensor | None = None) -> list[Float[Tensor, "B C h w"]]:
+                          class_labels: Tensor | None = None, concat: Sequence[Float[Tensor, "B K h w"]] | None = None
+                          ) -> list[Float[Tensor, "B C h w"]]:
         """Noise predictions eps(x_t; y, t), one per conditioning, from one batched UNet call.
 
         v-predictions become noise predictions via eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t
-        (Salimans & Ho 2022). ``unet`` and ``class_labels`` as in :meth:`model_outputs`. Returns
+        (Salimans & Ho 2022). ``unet``, ``class_labels`` and ``concat`` as in :meth:`model_outputs`. Returns
         float32. Gradients flow if the caller enables them (the guidance core runs this under ``no_grad``).
         """
-        outs = self.model_outputs(x_t, t, embeddings, unet, class_labels)
+        outs = self.model_outputs(x_t, t, embeddings, unet, class_labels, concat)
         if self.prediction_type == "v_prediction":
             a = self.alpha_bar(t)
             outs = [a.sqrt() * v + (1 - a).sqrt() * x_t.float() for v in outs]
@@ -226,16 +229,6 @@ class DiffusionPrior:
                 perp = neg - along.view(-1, 1, 1, 1) * positive
                 delta = delta - weight.to(delta).view(-1, 1, 1, 1) * perp
         return eps_u + guidance_scale * delta
-
-    def predict_noise(self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, "B"], text_emb: Float[Tensor, "B L D"],
-                      uncond_emb: Float[Tensor, "B L D"] | None = None,
-                      guidance_scale: float = 1.0) -> Float[Tensor, "B C h w"]:
-        """Classifier-free guided noise prediction (:meth:`guide`) from one batched UNet call.
-        Without ``uncond_emb`` it is the conditional prediction."""
-        if uncond_emb is None:
-            return self.noise_predictions(x_t, t, [text_emb])[0]
-        eps_c, eps_u = self.noise_predictions(x_t, t, [text_emb, uncond_emb])
-        return self.guide(eps_c, eps_u, guidance_scale)
 
     def ddim_step(self, x: Float[Tensor, "B C h w"], eps: Float[Tensor, "B C h w"], t_from: Int[Tensor, "B"],
                   t_to: Int[Tensor, "B"]) -> Float[Tensor, "B C h w"]:
@@ -279,26 +272,60 @@ class DiffusionPrior:
         raise ValueError(f"unknown weighting {kind!r}; choose sds, uniform, fantasia or ism")
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], steps: int = 50, guidance_scale: float = 5.0,
-               generator: torch.Generator | None = None) -> Float[Tensor, "B H W 3"]:
-        """Images for ``prompts`` by DDIM (Song et al. 2021) with classifier-free guidance, in [0, 1].
+    def ddim_sample(self, n: int, eps: Callable[[Tensor, Tensor], Tensor], steps: int = 50,
+                    generator: torch.Generator | None = None) -> Float[Tensor, "B H W 3"]:
+        """``n`` images by DDIM (Song et al. 2021), in [0, 1], with ``eps(x_t, t)`` the (guided) noise prediction.
 
         For looking at a prior and testing it; score distillation itself never samples. The noise is
         drawn on the CPU from ``generator`` so a seed gives the same images on every device.
         """
         from diffusers import DDIMScheduler
 
-        # predict_noise already returns epsilon, whatever the model predicts.
+        # eps returns epsilon, whatever the model predicts (noise_predictions converts).
         ddim = DDIMScheduler.from_config(self.scheduler.config, prediction_type="epsilon")
         ddim.set_timesteps(steps)
+        x = torch.randn(n, self.channels, self.sample_size, self.sample_size, generator=generator).to(self.device)
+        for t in ddim.timesteps:
+            x = ddim.step(eps(x, t.expand(n).to(self.device)).float(), t, x).prev_sample
+        return self.decode(x)
+
+
+class DiffusionPrior(DiffusionCore):
+    """A frozen text-conditioned diffusion model seen through what score distillation needs."""
+
+    def __init__(self, name: str, unet: torch.nn.Module, scheduler: Any, text_encoder: torch.nn.Module,
+                 tokenizer: Any, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 cache_key: str | None = None):
+        """``cache_key`` identifies the text encoder for the on-disk embedding cache; None disables it."""
+        super().__init__(name, unet, scheduler, device, dtype)
+        self.text_encoder = _freeze(text_encoder, self.device, dtype)
+        self.tokenizer = tokenizer
+        self.cache_key = cache_key
+        if getattr(tokenizer, "pad_token", None) is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        limits = [MAX_TEXT_TOKENS, getattr(tokenizer, "model_max_length", MAX_TEXT_TOKENS),
+                  getattr(text_encoder.config, "max_position_embeddings", MAX_TEXT_TOKENS)]
+        self.max_length: int = int(min(limits))
+        self._text_memory: dict[str, Tensor] = {}
+
+    def predict_noise(self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, "B"], text_emb: Float[Tensor, "B L D"],
+                      uncond_emb: Float[Tensor, "B L D"] | None = None,
+                      guidance_scale: float = 1.0) -> Float[Tensor, "B C h w"]:
+        """Classifier-free guided noise prediction (:meth:`guide`) from one batched UNet call.
+        Without ``uncond_emb`` it is the conditional prediction."""
+        if uncond_emb is None:
+            return self.noise_predictions(x_t, t, [text_emb])[0]
+        eps_c, eps_u = self.noise_predictions(x_t, t, [text_emb, uncond_emb])
+        return self.guide(eps_c, eps_u, guidance_scale)
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], steps: int = 50, guidance_scale: float = 5.0,
+               generator: torch.Generator | None = None) -> Float[Tensor, "B H W 3"]:
+        """Images for ``prompts`` by DDIM with classifier-free guidance, in [0, 1] (:meth:`ddim_sample`)."""
         cond = self.encode_text(list(prompts))
         uncond = self.encode_text([""] * len(prompts))
-        x = torch.randn(len(prompts), self.channels, self.sample_size, self.sample_size, generator=generator)
-        x = x.to(self.device)
-        for t in ddim.timesteps:
-            eps = self.predict_noise(x, t.expand(len(prompts)).to(self.device), cond, uncond, guidance_scale)
-            x = ddim.step(eps.float(), t, x).prev_sample
-        return self.decode(x)
+        return self.ddim_sample(len(prompts), lambda x, t: self.predict_noise(x, t, cond, uncond, guidance_scale),
+                                steps, generator)
 
     # ----------------------------------------------------------------- text
 
@@ -307,7 +334,7 @@ class DiffusionPrior:
         unk = getattr(self.tokenizer, "unk_token_id", None)
         if unk is None:
             return []
-        words = [(m.start(), m.end()) for m in re.finditer(r"\S+", prompt)]
+        words = [(m.start(), m.end()) for m in re.finditer(r"[^\s,.;:!?]+", prompt)]  # "dragon," names "dragon"
         try:
             enc = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
             spans = [s for i, s in zip(enc["input_ids"], enc["offset_mapping"]) if i == unk]
@@ -395,15 +422,13 @@ class DiffusionPrior:
         return torch.cat([self._text_memory[p] for p in prompts]).to(self.device, self.dtype)
 
 
-class LatentPrior(DiffusionPrior):
-    """A latent diffusion model (Stable Diffusion 1.x/2.x): ``x0`` is the scaled VAE latent."""
+class LatentImages:
+    """Images <-> x0 of a latent diffusion model: ``x0`` is the VAE latent, scaled (Rombach et al. 2022)."""
 
     latent = True
 
-    def __init__(self, name: str, unet, scheduler, text_encoder, tokenizer, vae: AutoencoderKL,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, cache_key: str | None = None):
-        super().__init__(name, unet, scheduler, text_encoder, tokenizer, device, dtype, cache_key)
-        self.vae = _freeze(vae, self.device, dtype)
+    def _set_vae(self, vae: AutoencoderKL) -> None:
+        self.vae = _freeze(vae, self.device, self.dtype)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.scaling_factor = float(vae.config.scaling_factor)
         self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
@@ -412,11 +437,14 @@ class LatentPrior(DiffusionPrior):
     def resolution(self) -> int:
         return self.sample_size * self.vae_scale_factor
 
-    def encode_images(self, rgb: Float[Tensor, "B H W 3"]) -> Float[Tensor, "B 4 h w"]:
-        """Posterior mean of the VAE encoder (deterministic), scaled: (z - shift) * scaling_factor."""
+    def vae_mean(self, rgb: Float[Tensor, "B H W 3"]) -> Float[Tensor, "B 4 h w"]:
+        """Posterior mean of the VAE encoder (deterministic, unscaled) of renders in [0, 1]."""
         x = self._resized(rgb) * 2 - 1
-        z = self.vae.encode(x.to(self.dtype)).latent_dist.mean
-        return (z.float() - self.shift_factor) * self.scaling_factor
+        return self.vae.encode(x.to(self.dtype)).latent_dist.mean.float()
+
+    def encode_images(self, rgb: Float[Tensor, "B H W 3"]) -> Float[Tensor, "B 4 h w"]:
+        """Posterior mean of the VAE encoder, scaled: (z - shift) * scaling_factor."""
+        return (self.vae_mean(rgb) - self.shift_factor) * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, x0: Float[Tensor, "B 4 h w"]) -> Float[Tensor, "B H W 3"]:
@@ -425,8 +453,8 @@ class LatentPrior(DiffusionPrior):
         return ((img + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
 
 
-class PixelPrior(DiffusionPrior):
-    """A pixel-space diffusion model (DeepFloyd IF stage I, the toy-world prior): ``x0`` = image in [-1, 1]."""
+class PixelImages:
+    """Images <-> x0 of a pixel-space diffusion model: ``x0`` = the image in [-1, 1] at ``sample_size``."""
 
     @property
     def resolution(self) -> int:
@@ -440,6 +468,19 @@ class PixelPrior(DiffusionPrior):
         return ((x0.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
 
 
+class LatentPrior(LatentImages, DiffusionPrior):
+    """A latent diffusion model (Stable Diffusion 1.x/2.x): ``x0`` is the scaled VAE latent."""
+
+    def __init__(self, name: str, unet, scheduler, text_encoder, tokenizer, vae: AutoencoderKL,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, cache_key: str | None = None):
+        super().__init__(name, unet, scheduler, text_encoder, tokenizer, device, dtype, cache_key)
+        self._set_vae(vae)
+
+
+class PixelPrior(PixelImages, DiffusionPrior):
+    """A pixel-space diffusion model (DeepFloyd IF stage I, the toy-world prior): ``x0`` = image in [-1, 1]."""
+
+
 def _freeze(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """Frozen, eval mode, on ``device``; cast only floating weights not already in ``dtype``."""
     module.requires_grad_(False).eval()
@@ -451,10 +492,10 @@ def _freeze(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -
 # --------------------------------------------------------------------------- loading
 
 
-def _download_hint(target: str) -> str:
+def _download_hint(target: str, key: str = "model") -> str:
     return (f"download the weights into a folder, e.g. `hf download {target} --local-dir DIR` "
             f"(`huggingface-cli download` on older huggingface_hub; gated models such as DeepFloyd IF also need "
-            f"`hf auth login` and the license accepted on huggingface.co), then pass model=DIR")
+            f"`hf auth login` and the license accepted on huggingface.co), then pass {key}=DIR")
 
 
 def _looks_like_hub_id(model: str) -> bool:
@@ -462,12 +503,14 @@ def _looks_like_hub_id(model: str) -> bool:
             and not model.startswith(".") and ".." not in model)
 
 
-def _from_hub(repo_id: str) -> Path:
-    """The local snapshot of a hub repo: from the HF cache, else downloaded unless offline."""
+def _from_hub(repo_id: str, components: Sequence[str], key: str, allow_bin: bool) -> Path:
+    """The local snapshot of a hub repo (its ``components``): from the HF cache, else downloaded unless offline.
+    ``allow_bin`` also fetches PyTorch ``.bin`` weights (repos converted before safetensors ship only those)."""
     from huggingface_hub import snapshot_download
 
-    allow = ["model_index.json"] + [f"{c}/*" for c in REQUIRED_COMPONENTS + OPTIONAL_COMPONENTS]
-    ignore = ["*.ckpt", "*.bin", "*.msgpack", "*.onnx", "*.onnx_data", "*.h5", "*.ot", "*fp16*", "*non_ema*"]
+    allow = ["model_index.json"] + [f"{c}/*" for c in components]
+    ignore = ["*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.h5", "*.ot", "*fp16*", "*non_ema*"]
+    ignore += [] if allow_bin else ["*.bin"]
     try:
         return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=allow))
     except Exception:
@@ -477,22 +520,29 @@ def _from_hub(repo_id: str) -> Path:
     local = f"If you meant a local folder, {Path(repo_id).resolve()} does not exist. Otherwise "
     if offline:
         raise ThreedError(f"model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
-                          + local + _download_hint(repo_id))
+                          + local + _download_hint(repo_id, key))
     try:
         return Path(snapshot_download(repo_id, allow_patterns=allow, ignore_patterns=ignore))
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else ""
         raise ThreedError(f"model {repo_id!r} is not in the local Hugging Face cache and could not be downloaded "
-                          f"({type(exc).__name__}: {reason}). " + local + _download_hint(repo_id)) from exc
+                          f"({type(exc).__name__}: {reason}). " + local + _download_hint(repo_id, key)) from exc
 
 
-def resolve_model(model: str) -> Path:
-    """The diffusers folder for a short name, local path or hub id (raising an actionable ThreedError)."""
+def resolve_model(model: str, aliases: dict[str, str] | None = None,
+                  components: Sequence[str] = REQUIRED_COMPONENTS + OPTIONAL_COMPONENTS, key: str = "model",
+                  example: str = _EXAMPLE_ID, allow_bin: bool = False) -> Path:
+    """The diffusers folder for a short name, local path or hub id (raising an actionable ThreedError).
+
+    ``aliases`` (default :data:`PRIOR_ALIASES`) maps short names to folders under the package root;
+    ``components`` are the subfolders fetched from the hub; ``key`` and ``example`` word the errors.
+    """
+    aliases = PRIOR_ALIASES if aliases is None else aliases
     if not model or not model.strip():
-        raise ThreedError("no model given: pass model=<hub id or diffusers folder>, e.g. "
-                          f"model={_EXAMPLE_ID} or model=toyworld")
-    if model in PRIOR_ALIASES:
-        folder = PACKAGE_ROOT / PRIOR_ALIASES[model]
+        raise ThreedError(f"no model given: pass {key}=<hub id or diffusers folder>, e.g. "
+                          f"{key}={example} or {key}=toyworld")
+    if model in aliases:
+        folder = PACKAGE_ROOT / aliases[model]
         if not (folder / "model_index.json").is_file():
             raise ThreedError(f"the embedded {model!r} prior was looked for at {folder} and is missing; it ships "
                               "with a source checkout of threed (assets/priors/), so reinstall from the repository "
@@ -504,9 +554,9 @@ def resolve_model(model: str) -> Path:
             raise ThreedError(f"model {path} is a file; give a diffusers folder (with model_index.json) or a hub id")
         return path
     if _looks_like_hub_id(model):
-        return _from_hub(model)
+        return _from_hub(model, components, key, allow_bin)
     raise ThreedError(f"model folder {path.resolve()} does not exist; "
-                      + _download_hint(_EXAMPLE_ID).replace("DIR", model))
+                      + _download_hint(example, key).replace("DIR", model))
 
 
 def _read_index(folder: Path) -> dict[str, tuple[str, str]]:
@@ -555,6 +605,25 @@ def _load_component(folder: Path, name: str, library: str, class_name: str, dtyp
                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
+def load_components(folder: Path, required: Sequence[str], optional: Sequence[str], dtype: torch.dtype,
+                    what: str) -> dict[str, Any]:
+    """Every listed component of the diffusers folder that ``model_index.json`` names, each loaded with its
+    own class's ``from_pretrained``; a missing required one is an error saying what ``what`` needs."""
+    index = _read_index(folder)
+    parts: dict[str, Any] = {}
+    for name in [*required, *optional]:
+        if name not in index:
+            if name in required:
+                raise ThreedError(f"{folder} has no {name!r} component in model_index.json; {what} "
+                                  f"needs {', '.join(required)}")
+            continue
+        if not (folder / name).is_dir():
+            raise ThreedError(f"{folder} lists component {name!r} but the folder {folder / name} is missing; "
+                              "download the model again")
+        parts[name] = _load_component(folder, name, *index[name], dtype)
+    return parts
+
+
 def _fingerprint(model: str, folder: Path) -> str:
     """Identifies the text side of a prior: its folder and the size/mtime of the tokenizer and encoder files."""
     parts = [model, str(folder.resolve())]
@@ -583,18 +652,7 @@ def load_prior(model: str, device: torch.device | str = "cpu", dtype: torch.dtyp
     key = (str(folder.resolve()), str(device), dtype)
     if key in _LOADED:
         return _LOADED[key]
-    index = _read_index(folder)
-    parts: dict[str, Any] = {}
-    for name in REQUIRED_COMPONENTS + OPTIONAL_COMPONENTS:
-        if name not in index:
-            if name in REQUIRED_COMPONENTS:
-                raise ThreedError(f"{folder} has no {name!r} component in model_index.json; a text-to-image prior "
-                                  f"needs {', '.join(REQUIRED_COMPONENTS)}")
-            continue
-        if not (folder / name).is_dir():
-            raise ThreedError(f"{folder} lists component {name!r} but the folder {folder / name} is missing; "
-                              "download the model again")
-        parts[name] = _load_component(folder, name, *index[name], dtype)
+    parts = load_components(folder, REQUIRED_COMPONENTS, OPTIONAL_COMPONENTS, dtype, "a text-to-image prior")
     cls = LatentPrior if "vae" in parts else PixelPrior
     prior = cls(name=model, device=device, dtype=dtype, cache_key=_fingerprint(model, folder), **parts)
     _LOADED[key] = prior
