@@ -4,6 +4,7 @@
     python scripts/bench.py --recipe dreamfusion-sd model=/path/to/sd --backends torch cuda --resolutions 64 128
     python scripts/bench.py --raster                         # mesh rasterizer frames/s (50k faces, 64/128/256 px)
     python scripts/bench.py --export                         # export: 256^3 extraction + 1024^2 texture bake
+    python scripts/bench.py --splat                          # Gaussian splatting: tiles vs dense reference (+ gsplat)
 
 It drives the real stage loop (``Stage.train_step``) and prints JSON: for each backend x resolution the
 median step time, steps/s, the median time of each phase (render, guidance, backward, optimizer), the
@@ -179,6 +180,54 @@ def bench_export(recipe: str, overrides: list[str], resolution: int, texture_siz
             "charts": assets.info["texture"]["charts"], "repeats": repeats, "median_s": phases}
 
 
+def bench_splat(count: int, resolutions: list[int], repeats: int, dense_repeats: int, device: torch.device) -> list:
+    """Forward + backward seconds (median) of the torch tiled splatting, the dense test reference and gsplat.
+
+    The scene: ``count`` anisotropic, rotated Gaussians of mixed opacity in the unit ball (the parity test's
+    generator), one camera at 40 degrees field of view, loss on colour and depth. The dense reference
+    (``tests/splat_reference.py``: every Gaussian against every pixel) runs one pixel chunk with plain
+    autograd up to 64 px and 4096-pixel chunks under activation checkpointing above, to fit in memory.
+    """
+    import statistics
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from splat_reference import dense_splat
+    from test_splat import random_gaussians
+
+    from threed.cameras import Cameras
+    from threed.render.splat import SplatRendererConfig, splat
+
+    params = {k: v.to(device).requires_grad_(True) for k, v in random_gaussians(count).items()}
+
+    def timed(fn, cams, n, **kwargs) -> float:
+        times = []
+        for _ in range(n + 1):  # the first run warms up
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            out = fn(params["means"], params["quats"], params["log_scales"].exp(),
+                     torch.sigmoid(params["opacity_logits"]), params["colors"][None], cams, **kwargs)
+            features, depth = (out.features, out.depth) if hasattr(out, "features") else out[:2]
+            torch.autograd.grad(features.square().mean() + depth.mean(), list(params.values()))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[1:])
+
+    rows = []
+    for res in resolutions:
+        cams = Cameras.orbit(20.0, 30.0, 2.6, 40.0, res).to(device)
+        row = {"gaussians": count, "resolution": res,
+               "torch_tiles_s": round(timed(splat, cams, repeats, cfg=SplatRendererConfig(backend="torch")), 4)}
+        row["dense_reference_s"] = round(timed(dense_splat, cams, dense_repeats,
+                                               chunk=None if res <= 64 else 4096), 4)
+        row["dense_over_tiles"] = round(row["dense_reference_s"] / row["torch_tiles_s"], 1)
+        if device.type == "cuda":
+            row["gsplat_s"] = round(timed(splat, cams, repeats, cfg=SplatRendererConfig(backend="cuda")), 5)
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     default_recipe = "quickstart" if "quickstart" in available_recipes() else "dreamfusion-sd"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,13 +248,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texture-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3, help="export runs; phases report their median")
     parser.add_argument("--export-run", metavar="RUN_DIR", help="export this run's last checkpoint instead")
+    parser.add_argument("--splat", action="store_true", help="benchmark Gaussian splatting instead of the stage")
+    parser.add_argument("--splat-gaussians", type=int, default=10_000)
+    parser.add_argument("--splat-resolutions", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--dense-repeats", type=int, default=1, help="timed runs of the (slow) dense reference")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     backends = args.backends or (["torch", "cuda"] if device.type == "cuda" else ["torch"])
     report = {"device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
               "threads": torch.get_num_threads(), "torch": torch.__version__}
-    if args.export:
+    if args.splat:
+        report["splatting"] = bench_splat(args.splat_gaussians, args.splat_resolutions, args.steps,
+                                          args.dense_repeats, device)
+    elif args.export:
         report["export"] = bench_export(args.recipe, args.overrides, args.export_resolution, args.texture_size,
                                         args.export_faces or None, args.repeats, device, args.export_run)
     elif args.raster:

@@ -16,11 +16,13 @@ from threed.cameras import Cameras
 from threed.config import build
 from threed.errors import ThreedError
 from threed.geometry.dmtet import DMTet, DMTetConfig
+from threed.geometry.gaussians import GaussianLearningRates, Gaussians, GaussiansConfig
 from threed.geometry.nerf import NeRFField, NeRFFieldConfig
 from threed.render.background import Background, BackgroundConfig
 from threed.render.output import RenderOut
 from threed.render.raster import MeshRenderer, MeshRendererConfig
 from threed.render.shading import Shading, ShadingConfig
+from threed.render.splat import SplatRenderer, SplatRendererConfig
 from threed.render.volume import VolumeRenderer, VolumeRendererConfig
 
 if TYPE_CHECKING:
@@ -58,8 +60,25 @@ class DMTetSceneConfig:
     """Grid resolution at which that automatic level is judged."""
 
 
-SceneConfig = NeRFSceneConfig | DMTetSceneConfig
-SCENE_CONFIGS: dict[str, type] = {"nerf": NeRFSceneConfig, "dmtet": DMTetSceneConfig}
+@dataclass
+class GaussianSceneConfig:
+    """3D Gaussians rendered by splatting (DreamGaussian's and GaussianDreamer's representation)."""
+
+    kind: Literal["gaussian"] = "gaussian"
+    geometry: GaussiansConfig = field(default_factory=GaussiansConfig)
+    renderer: SplatRendererConfig = field(default_factory=SplatRendererConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    shading: ShadingConfig = field(default_factory=ShadingConfig)
+    init_level: float | None = None
+    """Density level of the previous (NeRF) stage whose inside the Gaussians start in; None chooses it
+    automatically, as mesh export does (threed.export.isosurface)."""
+    init_resolution: int = 64
+    """Grid resolution at which that automatic level is judged."""
+
+
+SceneConfig = NeRFSceneConfig | DMTetSceneConfig | GaussianSceneConfig
+SCENE_CONFIGS: dict[str, type] = {"nerf": NeRFSceneConfig, "dmtet": DMTetSceneConfig,
+                                  "gaussian": GaussianSceneConfig}
 """Scene config class per ``kind``."""
 
 
@@ -75,6 +94,8 @@ class OptimizerConfig:
     """Background MLP, when there is one."""
     lr_geometry: float = 0.01
     """Per-vertex parameters of a grid geometry (DMTet's SDF values and offsets)."""
+    gaussian: GaussianLearningRates = field(default_factory=GaussianLearningRates)
+    """Per-attribute rates of a Gaussian scene (positions, scales, rotations, opacities, colours)."""
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-15
 
@@ -86,14 +107,17 @@ class Scene(nn.Module):
         super().__init__()
         self.cfg = cfg
         # The renderer owns geometry and background, so each parameter is saved once, under renderer.*.
-        self.renderer: VolumeRenderer | MeshRenderer
+        self.renderer: VolumeRenderer | MeshRenderer | SplatRenderer
         if cfg.kind == "nerf":
             self.renderer = VolumeRenderer(cfg.renderer, NeRFField(cfg.geometry), Background(cfg.background),
                                            cfg.shading)
         elif cfg.kind == "dmtet":
             self.renderer = MeshRenderer(cfg.renderer, DMTet(cfg.geometry), Background(cfg.background), cfg.shading)
+        elif cfg.kind == "gaussian":
+            self.renderer = SplatRenderer(cfg.renderer, Gaussians(cfg.geometry), Background(cfg.background),
+                                          cfg.shading)
         else:
-            raise ValueError(f"unknown scene kind {cfg.kind!r}; choose nerf or dmtet")
+            raise ValueError(f"unknown scene kind {cfg.kind!r}; choose nerf, dmtet or gaussian")
 
     @classmethod
     def from_checkpoint(cls, ckpt: "Checkpoint", device: torch.device | str = "cpu") -> "Scene":
@@ -105,7 +129,7 @@ class Scene(nn.Module):
         return scene.eval()
 
     @property
-    def geometry(self) -> NeRFField | DMTet:
+    def geometry(self) -> NeRFField | DMTet | Gaussians:
         return self.renderer.geometry
 
     @property
@@ -134,6 +158,16 @@ class Scene(nn.Module):
         """Per-step state that is not a gradient (occupancy grids, schedules)."""
         self.renderer.update(step)
 
+    def post_step(self, done: int, optimizer: torch.optim.Optimizer | None) -> dict[str, int]:
+        """After optimiser step ``done`` (1-based): Gaussian densification and pruning on its schedule.
+
+        A no-op (empty report) for the other kinds. A non-empty report means parameters may have been
+        replaced (in ``optimizer`` too, with their Adam state): refresh any list of them.
+        """
+        if isinstance(self.renderer, SplatRenderer):
+            return self.renderer.post_step(done, optimizer)
+        return {}
+
     def parameter_groups(self, opt: OptimizerConfig) -> list[dict]:
         """Adam groups: per-vertex grid parameters, hash-grid tables, MLPs, background.
 
@@ -142,6 +176,12 @@ class Scene(nn.Module):
         """
         for p in self._frozen_parameters():
             p.requires_grad_(False)
+        if isinstance(self.geometry, Gaussians):
+            groups = self.geometry.parameter_groups(opt.gaussian)
+            background = list(self.background.parameters())
+            if background:
+                groups.append({"params": background, "lr": opt.lr_background, "name": "background"})
+            return groups
         named = [(n, p) for n, p in self.geometry.named_parameters() if p.requires_grad]
         grid = [p for name, p in named if name.endswith("_param")]
         encoding = [p for name, p in named if "encoding" in name.split(".")[0]]
@@ -164,10 +204,15 @@ class Scene(nn.Module):
         return []
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
-        """Density at world points (N x 3 -> N x 1), for isosurface extraction (NeRF scenes)."""
-        if not isinstance(self.geometry, NeRFField):
+        """Density at world points (N x 3 -> N x 1), for isosurface extraction (NeRF and Gaussian scenes)."""
+        if not self.has_density:
             raise ThreedError(f"a {self.cfg.kind} scene has no density field; take its surface from Scene.mesh()")
         return self.geometry.density(points)
+
+    @property
+    def has_density(self) -> bool:
+        """Whether :meth:`density` answers (a NeRF's field, the Gaussians' kernel sum)."""
+        return isinstance(self.geometry, (NeRFField, Gaussians))
 
     def mesh(self):
         """The surface as a :class:`threed.geometry.mesh.Mesh` (DMTet scenes)."""
@@ -177,16 +222,19 @@ class Scene(nn.Module):
 
     @torch.no_grad()
     def init_from(self, previous: "Scene") -> dict:
-        """Start this scene's geometry from another stage's scene (NeRF -> DMTet hand-off).
+        """Start this scene's geometry from another stage's scene (NeRF or Gaussians -> DMTet, NeRF -> Gaussians).
 
-        The DMTet SDF is set from the NeRF density's isosurface at ``init_level`` (or the automatic
+        The DMTet SDF is set from the previous density's isosurface at ``init_level`` (or the automatic
         level of mesh export: the level whose silhouettes best match the volume render), and the albedo
-        field is copied when both fields have the same shape, else fitted to the NeRF's albedo.
-        The background is copied when both stages configure it alike. Returns ``{"level": ..., "albedo": "copied" | "fitted"}``.
+        field is copied when both fields have the same shape, else fitted to the previous albedo.
+        Gaussians are drawn inside the same isosurface, coloured by the previous albedo.
+        The background is copied when both stages configure it alike. Returns ``{"level": ...,
+        "albedo": "copied" | "fitted"}`` (DMTet) or ``{"level": ..., "count": ...}`` (Gaussians).
         """
-        if not (self.cfg.kind == "dmtet" and previous.cfg.kind == "nerf"):
+        if not (self.cfg.kind in ("dmtet", "gaussian") and previous.has_density
+                and (self.cfg.kind, previous.cfg.kind) != ("gaussian", "gaussian")):
             raise ThreedError(f"a {self.cfg.kind} scene cannot start from a {previous.cfg.kind} scene; "
-                              "supported: nerf -> dmtet")
+                              "supported: nerf -> dmtet, gaussian -> dmtet, nerf -> gaussian")
         level = self.cfg.init_level
         if level is None:
             from threed.export.isosurface import extract_mesh
@@ -194,12 +242,15 @@ class Scene(nn.Module):
             _, info = extract_mesh(previous.density, radius=previous.radius, resolution=self.cfg.init_resolution,
                                    device=next(previous.parameters()).device)
             level = info["level"]
-        with torch.enable_grad():
-            self.geometry.init_from_density(previous.density, level)
-        albedo = self.geometry.init_albedo_from(previous.geometry)
+        if isinstance(self.geometry, Gaussians):
+            info = {"count": self.geometry.init_from_density(previous.density, previous.albedo, level)}
+        else:
+            with torch.enable_grad():
+                self.geometry.init_from_density(previous.density, level)
+            info = {"albedo": self.geometry.init_albedo_from(previous.geometry)}
         if self.cfg.background == previous.cfg.background:
             self.background.load_state_dict(previous.background.state_dict())
-        return {"level": float(level), "albedo": albedo}
+        return {"level": float(level), **info}
 
     def albedo(self, points: torch.Tensor) -> torch.Tensor:
         """Albedo at world points (N x 3 -> N x 3), for vertex colours and texture baking."""

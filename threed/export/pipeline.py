@@ -31,6 +31,7 @@ from threed.cameras import Cameras
 from threed.checkpoint import Checkpoint
 from threed.errors import ThreedError
 from threed.export.formats import FORMATS, MeshFormat, write_bytes_atomic, write_mesh
+from threed.export.gaussian_ply import write_gaussians_ply
 from threed.export.isosurface import clean_mesh, color_vertices, extract_mesh
 from threed.export.meshops import UnitBoxTransform, decimate, normalize_to_unit_box, unit_box_transform
 from threed.export.texture import bake_albedo
@@ -123,8 +124,8 @@ def scene_from_checkpoint(cfg: "RecipeConfig", ckpt: Checkpoint, device: torch.d
 
 @torch.no_grad()
 def surface_mesh(scene: "Scene", export: ExportConfig, device: torch.device) -> tuple[trimesh.Trimesh, dict]:
-    """The scene's surface in world coordinates: marching cubes for a field, the mesh itself for DMTet."""
-    if scene.cfg.kind == "nerf":
+    """The scene's surface in world coordinates: marching cubes for a density (NeRF, Gaussians), else the mesh."""
+    if scene.has_density:
         mesh, info = extract_mesh(scene.density, radius=scene.radius, resolution=export.resolution,
                                   level="auto" if export.level is None else export.level, device=device)
         return mesh, {"level": float(info["level"]), "silhouette_iou": float(info["iou"])}
@@ -205,6 +206,9 @@ def export_scene(scene: "Scene", out_dir: Path, export: ExportConfig, device: to
         info["views"] = write_contact_sheet(render_field, asset, cameras, out_dir / "views.png")
         info["seconds"]["views"] = round(time.perf_counter() - started, 3)
         files["views"] = out_dir / "views.png"
+    if scene.cfg.kind == "gaussian":
+        files["gaussians"] = write_gaussians_ply(scene.geometry, out_dir / "gaussians.ply")
+        info["gaussians"] = scene.geometry.count
     write_bytes_atomic(out_dir / "export.json", json.dumps(info, indent=2).encode())
     files["report"] = out_dir / "export.json"
     if export.video if video is None else video:
@@ -224,4 +228,14 @@ def export_run(run_dir: Path, cfg: "RecipeConfig", ckpt: Checkpoint, device: tor
     export = export or cfg.export
     scene = scene_from_checkpoint(cfg, ckpt, device)
     report = {"stage": ckpt.stage, "step": ckpt.step, "total_steps": ckpt.total_steps}
-    return export_scene(scene, Path(run_dir) / "export", export, device, report, video)
+    files = export_scene(scene, Path(run_dir) / "export", export, device, report, video)
+    if "gaussians" not in files:  # a Gaussian stage refined into a mesh (DreamGaussian): its PLY goes beside it
+        names = [s.name for s in cfg.stages]
+        index = names.index(ckpt.stage) if ckpt.stage in names else len(names)
+        for i in reversed(range(index)):
+            path = Path(run_dir) / "stages" / f"{i}-{names[i]}" / "last.pt"
+            if cfg.stages[i].scene.kind == "gaussian" and path.is_file():
+                gaussians = scene_from_checkpoint(cfg, Checkpoint.load(path), device).geometry
+                files["gaussians"] = write_gaussians_ply(gaussians, Path(run_dir) / "export" / "gaussians.ply")
+                break
+    return files
