@@ -1,11 +1,15 @@
 """Train threed's embedded toy-world prior (see threed/toyworld/train.py and the model card it writes).
 
     python scripts/train_toyworld_prior.py --out assets/priors/toyworld --minutes 75 --threads 1 --seed 0
+    python scripts/train_toyworld_prior.py --mode views --out assets/priors/toyworld-zero123 --minutes 45 --threads 1
+
+``--mode text`` (default) trains the text-to-image prior (threed/toyworld/train.py); ``--mode views`` the
+view-conditioned image-to-3D prior, a tiny Zero-1-to-3 (threed/toyworld/train_views.py).
 
 Stops at whichever of --steps / --minutes comes first; checkpoints to <out>-train-ckpt next to
 --out every few minutes (continue with --resume). --samples-only redoes the model card's samples
 (e.g. after changing cfg_scale) from the saved prior. Extra KEY=VALUE arguments override any field of
-ToyworldTrainConfig, e.g. ``batch_size=64 data.cache_size=4096 model.block_out_channels=[32,64,96]``.
+ToyworldTrainConfig (ViewTrainConfig with --mode views), e.g. ``batch_size=64 data.cache_size=4096``.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import sys
 from threed.config import build, parse_overrides
 from threed.errors import ThreedError
 from threed.toyworld.train import ToyworldTrainConfig, refresh_samples, train
+from threed.toyworld.train_views import ViewTrainConfig, train_views
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder to write the prior to (replaced at the end)")
+    ap.add_argument("--mode", choices=["text", "views"], default="text",
+                    help="text: the text-to-image prior; views: the view-conditioned (Zero123-like) prior")
     ap.add_argument("--steps", type=int, default=None, help="maximum optimiser steps")
     ap.add_argument("--minutes", type=float, default=None, help="maximum wall time of rendering + training")
     ap.add_argument("--seed", type=int, default=None)
@@ -35,12 +42,18 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("steps", "minutes", "seed", "threads"):
             if getattr(args, key) is not None:
                 data[key] = getattr(args, key)
+        log = lambda msg: print(msg, flush=True)  # noqa: E731
+        if args.mode == "views":
+            if args.samples_only:
+                raise ThreedError("--samples-only is for --mode text")
+            train_views(build(ViewTrainConfig, data), args.out, resume=args.resume, log=log)
+            return 0
         cfg = build(ToyworldTrainConfig, data)
         if args.samples_only:
             for row in refresh_samples(cfg, args.out):
                 print(f"{row['prompt']}: colour {row['colour_ok']:.2f} shape {row['shape_ok']:.2f}")
         else:
-            train(cfg, args.out, resume=args.resume, log=lambda msg: print(msg, flush=True))
+            train(cfg, args.out, resume=args.resume, log=log)
     except ThreedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from threed.runtime import tune_cpu_runtime
 
 tune_cpu_runtime()  # as the CLI does, before tiny_models imports torch
 
-from tiny_models import make_tiny_if, make_tiny_sd, make_tiny_toy
+from tiny_models import make_tiny_if, make_tiny_sd, make_tiny_toy, make_tiny_toy_zero123, make_tiny_zero123
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,3 +44,15 @@ def tiny_if_dir(tmp_path_factory) -> Path:
 def tiny_toy_dir(tmp_path_factory) -> Path:
     """Toy-world prior layout (pixel UNet, CLIP text encoder, word-level tokenizer, DDPM)."""
     return make_tiny_toy(tmp_path_factory.mktemp("tiny-toy"))
+
+
+@pytest.fixture(scope="session")
+def tiny_zero123_dir(tmp_path_factory) -> Path:
+    """Zero-1-to-3 diffusers-conversion layout (8-channel UNet, VAE, CLIP image encoder, cc_projection)."""
+    return make_tiny_zero123(tmp_path_factory.mktemp("tiny-zero123"))
+
+
+@pytest.fixture(scope="session")
+def tiny_toy_zero123_dir(tmp_path_factory) -> Path:
+    """The toy-world view prior's layout (pixel UNet with the reference concatenated, pose projection)."""
+    return make_tiny_toy_zero123(tmp_path_factory.mktemp("tiny-toy-zero123") / "model")

@@ -242,3 +242,54 @@ def with_unet(prior, unet: torch.nn.Module):
     if prior.latent:
         kwargs["vae"] = prior.vae
     return type(prior)(**kwargs)
+
+
+def make_tiny_zero123(path: str | Path, seed: int = 0, projection_name: str = "cc_projection") -> Path:
+    """A Zero-1-to-3 diffusers-conversion layout: UNet (8 = 4 noisy + 4 reference latent channels in, 4 out,
+    8x8 latents), AutoencoderKL (factor 2, 16 px), CLIPVisionModelWithProjection (16-d image embeddings) with
+    its CLIPImageProcessor, DDIMScheduler, and the camera projection Linear(16 + 4 -> 32) under
+    ``projection_name`` (``cc_projection`` as bennyguo/kxic ship it, ``clip_camera_projection`` as ashawkey's).
+
+    ``model_index.json`` names the projection's remote pipeline class, as the real repos do.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from threed.guidance.zero123 import save_projection
+
+    path = Path(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(block_out_channels=(16, 32), norm_num_groups=8, in_channels=3, out_channels=3,
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                            latent_channels=4, sample_size=16)
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+            patch_size=8, projection_dim=16))
+        processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        parts = {"unet": _cross_attn_unet(8, 4, 8), "vae": vae, "image_encoder": encoder,
+                 "feature_extractor": processor,
+                 "scheduler": DDIMScheduler(**_SD_SCHEDULER, clip_sample=False, prediction_type="epsilon")}
+        index = {"_class_name": "Zero1to3StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+                 projection_name: ["pipeline_zero1to3", "CCProjection"]}
+        for name, part in parts.items():
+            part.save_pretrained(path / name)
+            library = "diffusers" if type(part).__module__.startswith("diffusers") else "transformers"
+            index[name] = [library, type(part).__name__]
+        save_projection(torch.nn.Linear(16 + 4, 32), path / projection_name)
+        (path / "model_index.json").write_text(json.dumps(index, indent=2))
+    return path
+
+
+def make_tiny_toy_zero123(path: str | Path, seed: int = 0) -> Path:
+    """The embedded toy-world view prior's layout at a tiny size (16 px), written by its own trainer's saver."""
+    from threed.toyworld.train_views import ViewModelConfig, build_view_models, save_view_prior
+    from threed.toyworld.train import ToyworldTrainConfig, build_scheduler
+
+    path = Path(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet, projection = build_view_models(ViewModelConfig(block_out_channels=(16, 32), norm_num_groups=8,
+                                                             token_dim=16), 16)
+        save_view_prior(path, unet, projection, build_scheduler(ToyworldTrainConfig()))
+    return path

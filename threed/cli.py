@@ -1,6 +1,7 @@
 """Command line: ``threed generate | export | render | recipes | batch | app``.
 
 ``threed generate PROMPT [--recipe NAME_OR_PATH] [--out DIR] [KEY=VALUE ...]``
+``threed generate --image photo.png [--mask mask.png] [--depth depth.png] [PROMPT] [--recipe zero123] [KEY=VALUE ...]``
 ``threed generate --resume RUN_DIR [KEY=VALUE ...]``
 """
 
@@ -16,15 +17,36 @@ from threed.runtime import tune_cpu_runtime
 tune_cpu_runtime()  # before torch is imported by any command
 
 DEFAULT_RECIPE = "quickstart"
+DEFAULT_IMAGE_RECIPE = "quickstart-image"
+"""The recipe of ``threed generate --image`` when no --recipe is given."""
 
 
 def _split_generate_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     items = list(args.items)
     if args.resume is not None:
         return None, items
+    if getattr(args, "image", None) is not None:  # image-to-3D: the prompt is optional
+        if items and "=" not in items[0]:
+            return items[0], items[1:]
+        return None, items
     if not items:
-        raise ThreedError('give a prompt: threed generate "a hamburger" [--recipe NAME] [KEY=VALUE ...]')
+        raise ThreedError('give a prompt: threed generate "a hamburger" [--recipe NAME] [KEY=VALUE ...] '
+                          '(or an image: threed generate --image photo.png)')
     return items[0], items[1:]
+
+
+def _image_inputs(args: argparse.Namespace) -> dict[str, str | None]:
+    """--image/--mask/--depth as absolute paths (a resumed run must find them from any folder)."""
+    paths = {k: getattr(args, k, None) for k in ("image", "mask", "depth")}
+    if paths["image"] is None and (paths["mask"] or paths["depth"]):
+        raise ThreedError("--mask and --depth belong to an image: add --image photo.png")
+    for key, value in paths.items():
+        if value is not None:
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise ThreedError(f"--{key} {path} does not exist")
+            paths[key] = str(path.resolve())
+    return paths
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -35,8 +57,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         cfg = load_run_config(run_dir, overrides)
     else:
-        cfg = load_recipe(args.recipe, overrides, prompt=prompt)
-        run_dir = Path(args.out) if args.out else default_run_dir(prompt)
+        images = _image_inputs(args)
+        recipe = args.recipe or (DEFAULT_IMAGE_RECIPE if images["image"] else DEFAULT_RECIPE)
+        cfg = load_recipe(recipe, overrides, prompt=prompt or None, **images)
+        name = prompt or (Path(images["image"]).stem if images["image"] else "")
+        run_dir = Path(args.out) if args.out else default_run_dir(name)
         if (run_dir / "config.yaml").exists():
             raise ThreedError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                               f"or choose another --out")
@@ -154,11 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="run a recipe for a prompt and export the result",
-                         description="threed generate PROMPT [--recipe NAME_OR_PATH] [--out DIR] [KEY=VALUE ...]")
+                         description="threed generate PROMPT [--recipe NAME_OR_PATH] [--out DIR] [KEY=VALUE ...]; "
+                                     "image to 3D: threed generate --image photo.png [--mask mask.png] [PROMPT] ...")
     gen.add_argument("items", nargs="*", metavar="PROMPT KEY=VALUE",
                      help="the prompt, then recipe overrides such as max_steps=200 or stages.0.resolution=128")
-    gen.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"recipe name (see `threed recipes`) or YAML path; "
-                                                              f"default {DEFAULT_RECIPE}")
+    gen.add_argument("--recipe", default=None, help=f"recipe name (see `threed recipes`) or YAML path; default "
+                                                    f"{DEFAULT_RECIPE}, or {DEFAULT_IMAGE_RECIPE} with --image")
+    gen.add_argument("--image", metavar="PATH", help="image-to-3D: the reference photo (RGBA, or RGB with --mask); "
+                                                     "the prompt becomes optional")
+    gen.add_argument("--mask", metavar="PATH", help="mask of an RGB --image: white on the object, black elsewhere")
+    gen.add_argument("--depth", metavar="PATH", help="optional depth or disparity map of --image (same size)")
     gen.add_argument("--out", help="run directory (default outputs/<prompt-slug>-<timestamp>)")
     gen.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run directory")
     gen.set_defaults(func=cmd_generate)

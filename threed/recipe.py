@@ -38,7 +38,11 @@ class RecipeConfig:
     prompt: str = ""
     """Text prompt (the positional argument of ``threed generate``)."""
     image: str | None = None
-    """Reference image for image-to-3D recipes."""
+    """Reference image for image-to-3D recipes (RGBA, or RGB with ``mask``)."""
+    mask: str | None = None
+    """Mask of the reference image (white = object), needed when the image has no alpha."""
+    depth: str | None = None
+    """Optional depth (or disparity) map of the reference image, for the reference-view depth loss."""
     model: str = "stabilityai/stable-diffusion-2-1-base"
     """Text-to-image prior: hub id, local diffusers folder, or ``toyworld``."""
     image_model: str | None = None
@@ -145,6 +149,13 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
 def validate_inputs(cfg: RecipeConfig) -> None:
     if not cfg.prompt.strip() and cfg.image is None:
         raise ThreedError("the prompt is empty: give a text prompt, e.g. threed generate \"a red cube\"")
+    if cfg.image is not None:  # image-to-3D: a bad photo or mask fails before any model loads
+        from threed.reference.image import read_reference
+
+        read_reference(cfg.image, cfg.mask, cfg.depth)
+    elif any(s.reference is not None for s in cfg.stages):
+        raise ThreedError("this recipe is image-to-3D: give the photo with threed generate --image photo.png "
+                          "[--mask mask.png]")
 
 
 def run_recipe(cfg: RecipeConfig, run_dir: Path) -> dict[str, Path]:
@@ -153,7 +164,8 @@ def run_recipe(cfg: RecipeConfig, run_dir: Path) -> dict[str, Path]:
     device = resolve_device(cfg.device)
     save_config(cfg, run_dir)
     ctx = RunContext(prompt=cfg.prompt, model=cfg.model, device=device, seed=cfg.seed,
-                     max_steps=cfg.max_steps, run_dir=run_dir)
+                     max_steps=cfg.max_steps, run_dir=run_dir, image=cfg.image, mask=cfg.mask, depth=cfg.depth,
+                     image_model=cfg.image_model)
     ckpt: Checkpoint | None = None
     for i, stage_cfg in enumerate(cfg.stages):
         ckpt = Stage(stage_cfg, ctx, i).run(init=ckpt)

@@ -20,17 +20,17 @@ from threed.checkpoint import Checkpoint, capture_rng, restore_rng
 from threed.config import to_dict
 from threed.errors import ThreedError
 from threed.export.video import write_grid
-from threed.guidance.prior import load_prior
-from threed.guidance.prompts import PromptConfig, PromptProcessor
+from threed.guidance.factory import make_stage_guidance
+from threed.guidance.prompts import PromptConfig
 from threed.guidance.score import (
     GuidanceConfig,
     GuidanceOut,
     SDSConfig,
     ScoreDistillation,
-    make_guidance,
 )
 from threed.profiling import PhaseTimer
 from threed.progress import StageProgress
+from threed.reference.losses import ReferenceConfig, ReferenceLosses
 from threed.render.output import RenderOut
 from threed.render.shading import choose_shading
 from threed.scene import NeRFSceneConfig, OptimizerConfig, Scene, SceneConfig
@@ -70,6 +70,8 @@ class StageConfig:
     cameras: CameraSamplerConfig = field(default_factory=CameraSamplerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: LossWeights = field(default_factory=LossWeights)
+    reference: ReferenceConfig | None = None
+    """Image-to-3D: the reference view rendered every step and its losses (threed.reference.losses); None = none."""
     grad_clip: float | None = None
     """Clip the total gradient norm of the scene's parameters; None disables."""
     val_every: int = 200
@@ -92,6 +94,12 @@ class RunContext:
     seed: int
     max_steps: int | None
     run_dir: Path
+    image: str | None = None
+    """Reference image of an image-to-3D run, and its optional mask and depth map."""
+    mask: str | None = None
+    depth: str | None = None
+    image_model: str | None = None
+    """View-conditioned prior of an image-to-3D run (``zero123`` guidance)."""
 
 
 def regulariser_terms(out: RenderOut) -> dict[str, torch.Tensor]:
@@ -120,6 +128,8 @@ class Training:
     """Steps completed."""
     last: Checkpoint | None = None
     """The last checkpoint written or resumed from: what a NaN stop keeps."""
+    reference: ReferenceLosses | None = None
+    """The reference-view losses of an image-to-3D stage."""
 
 
 class Stage:
@@ -149,14 +159,15 @@ class Stage:
         scene = Scene(cfg.scene).to(ctx.device)
         if resume is None and init is not None:
             self._hand_off(scene, init)
-        prior = load_prior(cfg.model or ctx.model, ctx.device)
-        guidance = make_guidance(cfg.guidance, prior, PromptProcessor(prior, ctx.prompt, cfg.prompt))
+        guidance = make_stage_guidance(cfg.guidance, cfg.model or ctx.model, cfg.prompt, ctx,
+                                       cfg.reference.view if cfg.reference else None)
         params = scene.parameter_groups(cfg.optimizer)
         optimizer = torch.optim.Adam(params + guidance.parameter_groups(), betas=cfg.optimizer.betas,
                                      eps=cfg.optimizer.eps)
         tr = Training(scene=scene, guidance=guidance, optimizer=optimizer,
                       params=[p for group in params for p in group["params"]],
-                      rng=random.Random(ctx.seed + self.index))
+                      rng=random.Random(ctx.seed + self.index),
+                      reference=ReferenceLosses(cfg.reference, ctx) if cfg.reference else None)
         if resume is not None:
             scene.load_state_dict(resume.scene)
             if resume.optimizer is not None:
@@ -183,6 +194,12 @@ class Stage:
         terms = {"guidance": g.loss, **regulariser_terms(out)}
         loss = sum(getattr(cfg.loss, k) * v for k, v in terms.items()
                    if hasattr(cfg.loss, k) and getattr(cfg.loss, k) != 0)
+        if tr.reference is not None:  # image-to-3D: the reference camera's losses, weighted by their own config
+            with phase("reference"):
+                tr.reference.update(step, self.total_steps)
+                ref = tr.reference(tr.scene, step, out, cameras)
+            loss = loss + sum(ref.values())
+            g.terms.update({k: float(v.detach()) for k, v in ref.items()})
         if not torch.isfinite(loss):
             self._nan_stop(step, "loss", tr.last)
         with phase("backward"):

@@ -176,6 +176,8 @@ class DiffusionCore:
             model_in = torch.cat([model_in, torch.cat(list(concat)).to(model_in)], dim=1)
         model_in = model_in.to(self.dtype)
         emb = torch.cat(list(embeddings)).to(self.device, self.dtype)
+        if class_labels is not None and class_labels.is_floating_point():
+            class_labels = class_labels.to(self.device, self.dtype)
         kwargs = {} if class_labels is None else {"class_labels": torch.cat([class_labels] * k)}
         out = (unet or self.unet)(model_in, torch.cat([t] * k).to(self.device), encoder_hidden_states=emb,
                                   **kwargs).sample
@@ -593,7 +595,7 @@ def _load_component(folder: Path, name: str, library: str, class_name: str, dtyp
         raise ThreedError(f"{folder}: component {name!r} needs {library}.{class_name}, which the installed "
                           f"{library} {modules[library].__version__} lacks; upgrade {library}")
     kwargs: dict[str, Any] = {}
-    if name not in ("tokenizer", "scheduler"):
+    if name not in ("tokenizer", "scheduler", "feature_extractor"):
         if variant := _weights_variant(folder / name):
             kwargs["variant"] = variant
         new_kwarg = library == "transformers" and int(transformers.__version__.split(".")[0]) >= 5

@@ -74,7 +74,7 @@ class PromptConfig:
 
 @dataclass
 class Conditioning:
-    """Text conditioning of a batch of cameras, as the guidance core consumes it."""
+    """The condition of a batch of cameras (text, or a reference image), as the guidance core consumes it."""
 
     cond: Float[Tensor, "B L D"]
     """Prompt embedding of each view (its label's, or interpolated by azimuth)."""
@@ -82,6 +82,11 @@ class Conditioning:
     """Unconditional branch of classifier-free guidance (the negative prompt, "" by default)."""
     negatives: tuple[tuple[Float[Tensor, "B L D"], Float[Tensor, "B"]], ...] = ()
     """Perp-Neg negative prompt embeddings with per-view weights (empty when perp_neg is off)."""
+    concat: tuple[Float[Tensor, "B K h w"], Float[Tensor, "B K h w"]] | None = None
+    """Channels concatenated to the UNet input, conditional and unconditional (a view-conditioned prior's
+    reference, :mod:`threed.guidance.zero123`); None for text priors."""
+    class_labels: Float[Tensor, "B N"] | None = None
+    """The UNet's class-embedding input of each view, the same in every branch (the toy view prior's pose)."""
 
 
 class PromptProcessor:

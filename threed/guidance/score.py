@@ -16,6 +16,7 @@ guided prediction, Perp-Neg included when the prompt config asks for it):
           delta_D = eps(x_t; null) if t < small_t else eps(x_t; null) - eps(x_t; negative)
     VSD   eps_hat(x_t; y) - eps_phi(x_t; y, camera)                 ProlificDreamer (Wang et al. 2023)
     ISM   eps_hat(x_t; y) - eps(x_s; null), x_s and x_t by DDIM inversion   LucidDreamer (Liang et al. 2023)
+    Zero123-SDS  SDS's residual, y = the reference image at the view's relative pose   Zero-1-to-3 (Liu et al. 2023)
 
 A rule with trainable state (VSD's LoRA) adds its own losses through :meth:`auxiliary_losses`
 and exposes parameters and checkpoint state. Adding a rule is one small class with its config,
@@ -222,7 +223,9 @@ class ScoreDistillation:
         """(eps_hat, eps_u, [eps(x_t; e) for e in extra]) from one batched UNet call, where eps_hat is
         the prior's classifier-free guidance at ``guidance_scale`` with ``text``'s Perp-Neg negatives."""
         negatives = text.negatives
-        preds = self.prior.noise_predictions(x_t, t, [text.cond, text.uncond, *(e for e, _ in negatives), *extra])
+        embeddings = [text.cond, text.uncond, *(e for e, _ in negatives), *extra]
+        concat = None if text.concat is None else [*text.concat, *[text.concat[0]] * (len(embeddings) - 2)]
+        preds = self.prior.noise_predictions(x_t, t, embeddings, class_labels=text.class_labels, concat=concat)
         k = 2 + len(negatives)
         eps_hat = self.prior.guide(preds[0], preds[1], self.cfg.guidance_scale,
                                    [(p, w) for p, (_, w) in zip(preds[2:k], negatives)])
@@ -302,6 +305,23 @@ class SDS(ScoreDistillation):
     def residual(self, batch: NoisyBatch) -> Float[Tensor, "B C h w"]:
         eps_hat, _, _ = self.guided(batch.x_t, batch.t, batch.text)
         return eps_hat - batch.noise
+
+
+@dataclass
+class Zero123Config(ScoreConfig):
+    """SDS with a Zero123-family view-conditioned prior (Zero-1-to-3, Liu et al. 2023; Magic123, Qian et al.
+    2023): the rule is SDS's, the condition is the reference image at each view's relative pose
+    (:class:`threed.guidance.zero123.ImageConditioning`)."""
+
+    kind: Literal["zero123"] = "zero123"
+    """Selects this rule."""
+    guidance_scale: float = 3.0
+    """CFG scale on the image condition (Zero-1-to-3 samples at 3; threestudio distils at 3 to 5)."""
+    model: str | None = None
+    """View-conditioned prior: hub id, diffusers folder or ``toyworld``; None = the recipe's ``image_model``."""
+    convention: Literal["auto", "zero123", "stable-zero123"] = "auto"
+    """Pose vector the model was trained on (threed.guidance.zero123); auto: stable-zero123 when the model's
+    name contains "stable", else zero123."""
 
 
 # --------------------------------------------------------------------------- NFSD
@@ -513,15 +533,15 @@ class ISM(ScoreDistillation):
 # --------------------------------------------------------------------------- registry
 
 
-GuidanceConfig = SDSConfig | NFSDConfig | VSDConfig | ISMConfig
+GuidanceConfig = SDSConfig | NFSDConfig | VSDConfig | ISMConfig | Zero123Config
 """Every guidance config, told apart by ``kind`` (sds when absent)."""
 
 GUIDANCE_CONFIGS: dict[str, type[ScoreConfig]] = {"sds": SDSConfig, "nfsd": NFSDConfig, "vsd": VSDConfig,
-                                                  "ism": ISMConfig}
+                                                  "ism": ISMConfig, "zero123": Zero123Config}
 """``kind`` -> config class, for building a config from a plain mapping."""
 
 _RULES: dict[type[ScoreConfig], type[ScoreDistillation]] = {SDSConfig: SDS, NFSDConfig: NFSD, VSDConfig: VSD,
-                                                             ISMConfig: ISM}
+                                                             ISMConfig: ISM, Zero123Config: SDS}
 
 
 def make_guidance(cfg: ScoreConfig, prior: DiffusionPrior, prompts: PromptProcessor,

@@ -45,8 +45,8 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 
 
 @dataclass
-class PriorModelConfig:
-    """Sizes of the toy prior's UNet and text encoder."""
+class UNetSizes:
+    """Sizes of a toy prior's UNet (both toy priors use the same shape)."""
 
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     """UNet channels per resolution (32, 16, 8 pixels); cross-attention only at the lowest."""
@@ -56,6 +56,12 @@ class PriorModelConfig:
     """Channels per attention head."""
     norm_num_groups: int = 16
     """GroupNorm groups; must divide every block width."""
+
+
+@dataclass
+class PriorModelConfig(UNetSizes):
+    """Sizes of the toy prior's UNet and text encoder."""
+
     text_hidden: int = 64
     """Width of the text encoder (and the UNet's cross-attention dimension)."""
     text_layers: int = 2
@@ -67,17 +73,23 @@ class PriorModelConfig:
 
 
 @dataclass
-class ToyworldDataConfig:
-    """What the prior is trained on."""
+class RenderDataConfig:
+    """How a toy prior's training images are rendered, and which scenes are never shown."""
 
     resolution: int = 32
     """Image side in pixels."""
     supersample: int = 2
     """Rays per pixel side when rendering (antialiasing)."""
-    cache_size: int = 24576
-    """Renders made once before training (then flipped at random)."""
     held_out: tuple[str, ...] = ("a purple torus", "an orange cone", "a green cylinder")
     """Shape x colour captions never shown in training, to test compositional generalisation."""
+
+
+@dataclass
+class ToyworldDataConfig(RenderDataConfig):
+    """What the text prior is trained on."""
+
+    cache_size: int = 24576
+    """Renders made once before training (then flipped at random)."""
     p_asymmetric: float = 0.3
     """Share of renders from the "a <colour> cube with a <colour2> front" family."""
     p_pair: float = 0.0
@@ -101,13 +113,10 @@ class ToyworldDataConfig:
 
 
 @dataclass
-class ToyworldTrainConfig:
-    """Training run of the toy-world prior; ``steps`` and ``minutes`` both cap it, whichever comes first."""
+class DiffusionTrainConfig:
+    """Optimisation settings both toy priors share (text-to-image here, view-conditioned in ``train_views``);
+    ``steps`` and ``minutes`` both cap a run, whichever comes first."""
 
-    model: PriorModelConfig = field(default_factory=PriorModelConfig)
-    """Network sizes."""
-    data: ToyworldDataConfig = field(default_factory=ToyworldDataConfig)
-    """Training data."""
     steps: int = 1_000_000
     """Maximum optimiser steps."""
     minutes: float = 75.0
@@ -138,6 +147,16 @@ class ToyworldTrainConfig:
     """Minutes between resumable checkpoints."""
     log_seconds: float = 30.0
     """Seconds between log lines."""
+
+
+@dataclass
+class ToyworldTrainConfig(DiffusionTrainConfig):
+    """Training run of the toy-world text-to-image prior."""
+
+    model: PriorModelConfig = field(default_factory=PriorModelConfig)
+    """Network sizes."""
+    data: ToyworldDataConfig = field(default_factory=ToyworldDataConfig)
+    """Training data."""
     sample_prompts: tuple[str, ...] = (
         "a red cube, front view", "a blue sphere, side view", "a yellow cylinder, front view",
         "a white pyramid, front view", "a green torus, front view", "a purple torus, front view",
@@ -323,6 +342,14 @@ class EMA:
             p.copy_(s)
 
 
+def min_snr_weight(alpha_bar: Float[Tensor, "B"], gamma: float) -> Float[Tensor, "B"]:
+    """Min-SNR-gamma weights of epsilon-prediction losses (Hang et al. 2023): min(SNR, gamma) / SNR; 1 when gamma is 0."""
+    if gamma <= 0:
+        return torch.ones_like(alpha_bar)
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=gamma) / snr
+
+
 def _ckpt_dir(out: Path) -> Path:
     return out.parent / f"{out.name}-train-ckpt"
 
@@ -415,10 +442,7 @@ def train(cfg: ToyworldTrainConfig, out: str | Path, resume: bool = False, log=p
         for g in opt.param_groups:
             g["lr"] = lr
         pred = unet(noisy, t, text_encoder(ids).last_hidden_state).sample
-        per = (pred - noise).pow(2).mean(dim=(1, 2, 3))
-        if cfg.min_snr_gamma > 0:
-            snr = alphas[t] / (1 - alphas[t])
-            per = per * snr.clamp(max=cfg.min_snr_gamma) / snr
+        per = (pred - noise).pow(2).mean(dim=(1, 2, 3)) * min_snr_weight(alphas[t], cfg.min_snr_gamma)
         loss = per.mean()
         if not torch.isfinite(loss):
             raise ThreedError(f"loss became {loss.item()} at step {step}; last good checkpoint: {ckpt}")

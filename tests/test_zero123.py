@@ -1,0 +1,195 @@
+"""Image to 3D: Zero123-family priors (tiny random weights through the real loading path), the relative-pose
+convention, the reference input, and reference-view reconstruction on a toy-world example."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from threed.cameras import Cameras
+from threed.errors import ThreedError
+from threed.guidance.score import SDS, Zero123Config, make_guidance
+from threed.guidance.zero123 import (ImageConditioning, LatentViewPrior, PixelViewPrior, load_view_prior,
+                                     relative_pose)
+from threed.reference.image import ReferenceViewConfig, frame_object, load_reference, read_reference
+from threed.render.output import RenderOut
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+
+
+def _write(path: Path, array: np.ndarray) -> Path:
+    import imageio.v3 as iio
+
+    iio.imwrite(path, (np.clip(array, 0, 1) * 255).round().astype(np.uint8))
+    return path
+
+
+# --------------------------------------------------------------------------- pose convention
+
+
+def test_relative_pose_zero123_convention():
+    """Δazimuth = +90 is the camera on +X, which sees the side on the right of the reference image."""
+    pose = relative_pose(torch.tensor([0.0, 30.0]), torch.tensor([90.0, -90.0]), torch.tensor([3.0, 2.5]),
+                         0.0, 0.0, 2.75, "zero123")
+    expected = torch.tensor([[0.0, 1.0, 0.0, 0.25], [-math.radians(30.0), -1.0, 0.0, -0.25]])
+    assert torch.allclose(pose, expected, atol=1e-6)
+    ref = Cameras.orbit(0.0, 0.0, 2.75, 40.0, 64)
+    side = Cameras.orbit(0.0, 90.0, 2.75, 40.0, 64)
+    assert side.position[0, 0] > 2.7  # the Δaz = +90 camera sits on +X ...
+    pixels, _ = ref.world_to_pixels(torch.tensor([[[0.5, 0.0, 0.0]]]))
+    assert pixels[0, 0, 0] > 32  # ... and +X is in the right half of the reference image
+
+
+def test_relative_pose_stable_zero123_uses_reference_polar():
+    pose = relative_pose(torch.tensor([20.0]), torch.tensor([45.0]), torch.tensor([3.8]), 10.0, 0.0, 3.8,
+                         "stable-zero123")
+    assert torch.allclose(pose, torch.tensor([[math.radians(-10.0), math.sin(math.radians(45.0)),
+                                               math.cos(math.radians(45.0)), math.radians(80.0)]]), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- loading and guidance
+
+
+@pytest.mark.parametrize("projection_name", ["cc_projection", "clip_camera_projection"])
+def test_tiny_zero123_loads_through_the_real_path(tiny_zero123_dir, tmp_path, projection_name):
+    folder = tiny_zero123_dir
+    if projection_name != "cc_projection":  # ashawkey's conversions name the projection differently
+        folder = Path(shutil.copytree(tiny_zero123_dir, tmp_path / "z"))
+        (folder / "cc_projection").rename(folder / projection_name)
+        index = json.loads((folder / "model_index.json").read_text())
+        index[projection_name] = index.pop("cc_projection")
+        (folder / "model_index.json").write_text(json.dumps(index))
+    prior = load_view_prior(str(folder))
+    assert isinstance(prior, LatentViewPrior) and prior.latent
+    assert (prior.channels, prior.concat_channels, prior.image_dim, prior.resolution) == (4, 4, 16, 16)
+    assert prior.convention == "zero123"
+    assert all(not p.requires_grad for p in prior.projection.parameters())
+    # the token is projection([CLIP image embedding, pose]) and depends on the pose
+    emb = prior.image_embedding(torch.rand(1, 40, 40, 3))
+    plus = relative_pose(torch.zeros(1), torch.tensor([90.0]), torch.full((1,), 2.75), 0, 0, 2.75, "zero123")
+    minus = relative_pose(torch.zeros(1), torch.tensor([-90.0]), torch.full((1,), 2.75), 0, 0, 2.75, "zero123")
+    tok = prior.tokens(emb, plus)
+    assert tok.shape == (1, 1, 32)
+    assert torch.allclose(tok[:, 0], prior.projection(torch.cat([emb, plus], -1)), atol=1e-6)
+    assert not torch.allclose(tok, prior.tokens(emb, minus))
+
+
+def test_stable_name_picks_the_stable_convention(tiny_zero123_dir, tmp_path):
+    folder = shutil.copytree(tiny_zero123_dir, tmp_path / "stable-zero123-tiny")
+    assert load_view_prior(str(folder)).convention == "stable-zero123"
+    assert load_view_prior(str(folder), convention="zero123").convention == "zero123"
+
+
+def test_missing_view_model_names_the_path_and_the_fix(tmp_path):
+    with pytest.raises(ThreedError, match="image_model=") as err:
+        load_view_prior(str(tmp_path / "nowhere"))
+    assert "nowhere" in str(err.value)
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "model_index.json").write_text("{}")
+    with pytest.raises(ThreedError, match="cc_projection"):
+        load_view_prior(str(tmp_path / "sd"))
+
+
+def test_zero123_sds_conditions_on_the_image_and_drops_it_for_cfg(tiny_zero123_dir):
+    prior = load_view_prior(str(tiny_zero123_dir))
+    ref = load_reference(str(EXAMPLES / "red-cube.png"), ReferenceViewConfig(), size=prior.resolution)
+    seen = {}
+
+    def spy(module, args, kwargs):
+        seen["x"], seen["tokens"] = args[0].detach(), kwargs["encoder_hidden_states"].detach()
+
+    handle = prior.unet.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        guidance = make_guidance(Zero123Config(), prior, ImageConditioning(prior, ref, ReferenceViewConfig()),
+                                 torch.Generator().manual_seed(0))
+        assert isinstance(guidance, SDS)
+        rgb = torch.rand(2, 16, 16, 3, requires_grad=True)
+        cams = Cameras.orbit(0.0, [90.0, 180.0], 2.75, 40.0, 16)
+        out = guidance(RenderOut(rgb=rgb, opacity=torch.ones(2, 16, 16, 1), depth=torch.zeros(2, 16, 16, 1)), cams)
+        out.loss.backward()
+    finally:
+        handle.remove()
+    assert rgb.grad is not None and rgb.grad.abs().sum() > 0
+    x, tokens = seen["x"], seen["tokens"]
+    assert x.shape == (4, 8, 8, 8)  # [cond, uncond] x 2 views, 4 noisy + 4 reference channels
+    cond_ref = prior.reference_concat(ref.rgb)
+    assert torch.allclose(x[:2, 4:], cond_ref.expand(2, -1, -1, -1), atol=1e-5)
+    assert x[2:, 4:].abs().max() == 0 and tokens[2:].abs().max() == 0  # unconditional: no image, no token
+    assert not torch.allclose(tokens[0], tokens[1])  # two poses, two tokens
+
+
+# --------------------------------------------------------------------------- reference input
+
+
+def test_rgba_uses_alpha_and_is_framed_to_the_fill_ratio(tmp_path):
+    img = np.ones((80, 120, 4))
+    img[..., 3] = 0
+    img[10:30, 20:60, :3] = [1.0, 0.0, 0.0]  # a 40 x 20 red box off centre
+    img[10:30, 20:60, 3] = 1
+    path = _write(tmp_path / "box.png", img)
+    ref = load_reference(str(path), ReferenceViewConfig(fill_ratio=0.5, resolution=64))
+    rows = torch.nonzero(ref.mask[0, :, :, 0].amax(1) > 0.5).flatten()
+    cols = torch.nonzero(ref.mask[0, :, :, 0].amax(0) > 0.5).flatten()
+    assert abs(int(cols[-1] - cols[0] + 1) - 32) <= 1  # the larger side spans 0.5 of 64 px
+    assert abs(int(rows[-1] - rows[0] + 1) - 16) <= 1
+    assert abs(float(cols.float().mean()) - 31.5) <= 1 and abs(float(rows.float().mean()) - 31.5) <= 1
+    assert torch.allclose(ref.rgb[0, 32, 32], torch.tensor([1.0, 0.0, 0.0]), atol=0.02)
+    assert torch.allclose(ref.rgb[0, 2, 2], torch.ones(3))  # composited over white
+
+
+def test_rgb_without_mask_is_an_error_that_says_how_to_fix_it(tmp_path):
+    rgb = _write(tmp_path / "photo.png", np.full((32, 32, 3), 0.5))
+    with pytest.raises(ThreedError, match="--mask"):
+        read_reference(rgb)
+    mask = np.zeros((32, 32))
+    mask[8:24, 8:24] = 1
+    _, alpha, _ = read_reference(rgb, _write(tmp_path / "mask.png", mask))
+    assert float(alpha.sum()) == 256
+    with pytest.raises(ThreedError, match="same size"):
+        read_reference(rgb, _write(tmp_path / "small.png", np.zeros((8, 8))))
+    with pytest.raises(ThreedError, match="no object"):
+        frame_object(torch.ones(1, 8, 8, 3), torch.zeros(1, 8, 8, 1), 0.5, 8)
+
+
+def test_cli_rgb_without_mask_exits_with_the_explanation(tmp_path, capsys):
+    from threed.cli import main
+
+    rgb = _write(tmp_path / "photo.png", np.full((32, 32, 3), 0.5))
+    assert main(["generate", "--image", str(rgb), "--out", str(tmp_path / "run")]) == 2
+    assert "--mask" in capsys.readouterr().err
+    assert main(["generate", "--mask", str(rgb), "a cube"]) == 2
+    assert "--image" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- reconstruction
+
+
+def test_reference_view_is_reproduced_on_a_toy_example(tiny_toy_zero123_dir, tmp_path):
+    """The reference-view losses alone (guidance weight 0) reproduce the photo at the reference camera."""
+    from threed.recipe import load_recipe
+    from threed.stage import RunContext, Stage
+
+    prior = load_view_prior(str(tiny_toy_zero123_dir))
+    assert isinstance(prior, PixelViewPrior) and prior.pose_as_class
+    image = str(EXAMPLES / "blue-cube-with-a-yellow-front.png")
+    cfg = load_recipe("quickstart-image", ["stages.0.steps=100", "stages.0.loss.guidance=0",
+                                           "stages.0.cameras.batch_size=1", "stages.0.resolution=16",
+                                           "stages.0.val_every=0"],
+                      image=image, image_model=str(tiny_toy_zero123_dir))
+    ctx = RunContext(prompt="", model="toyworld", device=torch.device("cpu"), seed=0, max_steps=None,
+                     run_dir=tmp_path, image=cfg.image, image_model=cfg.image_model)
+    stage = Stage(cfg.stages[0], ctx, 0)
+    tr, _ = stage.setup()
+    while tr.step < 100:
+        _, g = stage.train_step(tr)
+    assert {"ref_rgb", "ref_mask"} <= set(g.terms)
+    with torch.no_grad():
+        out = tr.scene.render_eval(tr.reference.camera, "albedo")
+    psnr = -10 * math.log10(float((out.rgb - tr.reference.reference.rgb).square().mean()))
+    assert psnr >= 25.0, psnr
