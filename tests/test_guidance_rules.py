@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
+from small_recipes import small
 from threed.cameras import Cameras
 from threed.checkpoint import Checkpoint
 from threed.cli import main
@@ -322,12 +323,6 @@ def test_rule_configs_validate_their_values():
 
 # --------------------------------------------------------------------------- CPU smoke runs of each recipe
 
-SMALL = ["stages.0.resolution=16", "stages.0.scene.geometry.encoding.n_levels=4",
-         "stages.0.scene.geometry.encoding.log2_hashmap_size=12", "stages.0.scene.geometry.encoding.max_resolution=64",
-         "stages.0.scene.renderer.num_samples=16", "stages.0.scene.background.kind=solid", "stages.0.val_every=0",
-         "stages.0.ckpt_every=2", "export.resolution=24", "export.video=false", "export.formats=[glb]", "max_steps=3"]
-
-
 @pytest.mark.parametrize("recipe,extra", [
     ("nfsd", ["stages.0.guidance.negative_prompt=\"\""]),  # the toy vocabulary has none of the paper's words
     ("prolificdreamer", []),
@@ -337,7 +332,7 @@ SMALL = ["stages.0.resolution=16", "stages.0.scene.geometry.encoding.n_levels=4"
 def test_each_recipe_runs_offline_on_cpu_with_the_toy_prior_layout(recipe, extra, tiny_toy_dir, tmp_path):
     run = tmp_path / "run"
     assert main(["generate", "a red cube", "--recipe", recipe, "--out", str(run), f"model={tiny_toy_dir}",
-                 *SMALL, *extra]) == 0
+                 *small(recipe), *extra]) == 0
     ckpt = Checkpoint.load(run / "stages" / "0-coarse" / "last.pt")
     assert ckpt.step == 3 and (run / "export" / "model.glb").stat().st_size > 0
     assert all(torch.isfinite(v).all() for v in ckpt.scene.values() if v.is_floating_point())

@@ -10,27 +10,7 @@ from threed.checkpoint import Checkpoint
 from threed.cli import main
 from threed.recipe import load_recipe, run_recipe
 from threed.stage import RunContext, Stage
-
-ENCODING = ["n_levels=4", "log2_hashmap_size=12", "max_resolution=64", "base_resolution=4"]
-SMALL = ([f"stages.*.scene.geometry.encoding.{e}" for e in ENCODING]
-         + ["stages.*.resolution=24", "stages.*.scene.geometry.hidden_dim=16", "stages.*.scene.background.kind=solid",
-            "stages.*.val_every=0", "stages.*.ckpt_every=2", "stages.*.cameras.batch_size=1",
-            "export.resolution=24", "export.video=false", "export.views=0", "export.texture=vertex",
-            "export.formats=[glb]", "max_steps=3"])
-MESH = ["scene.geometry.resolution=12", "scene.init_resolution=24"]
-
-
-def small(recipe: str) -> list[str]:
-    """CPU-sized overrides: tiny hash grids everywhere, 12-cell tet grids, 16 samples per ray."""
-    cfg = load_recipe(recipe)
-    extra = []
-    for i, stage in enumerate(cfg.stages):
-        if stage.scene.kind == "dmtet":
-            extra += [f"stages.{i}.{m}" for m in MESH]
-        else:
-            extra += [f"stages.{i}.scene.renderer.num_samples=16"]
-    return SMALL + extra
-
+from small_recipes import small
 
 @pytest.mark.parametrize("recipe,stages", [
     ("magic3d", ["coarse", "refine"]),

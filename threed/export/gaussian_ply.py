@@ -92,6 +92,6 @@ def load_gaussians_ply(gaussians: Gaussians, path: str | os.PathLike) -> Gaussia
     state = read_gaussians_ply(path)
     state.update({name: torch.zeros(len(state["positions"])) for name in Gaussians.STATISTICS})
     gaussians.load_state_dict(state)
-    if not math.isfinite(float(gaussians.positions.sum())):
+    if not math.isfinite(float(gaussians.positions.detach().sum())):
         raise ThreedError(f"{path} holds non-finite positions")
     return gaussians
