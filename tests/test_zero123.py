@@ -165,6 +165,9 @@ def test_cli_rgb_without_mask_exits_with_the_explanation(tmp_path, capsys):
     assert "--mask" in capsys.readouterr().err
     assert main(["generate", "--mask", str(rgb), "a cube"]) == 2
     assert "--image" in capsys.readouterr().err
+    rgba = _write(tmp_path / "cutout.png", np.concatenate([np.full((32, 32, 3), 0.5), np.ones((32, 32, 1))], -1))
+    assert main(["generate", "--image", str(rgba), "--recipe", "quickstart", "--out", str(tmp_path / "r2")]) == 2
+    assert "image-to-3D recipe" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- reconstruction

@@ -152,6 +152,9 @@ def validate_inputs(cfg: RecipeConfig) -> None:
     if cfg.image is not None:  # image-to-3D: a bad photo or mask fails before any model loads
         from threed.reference.image import read_reference
 
+        if all(s.reference is None for s in cfg.stages):
+            raise ThreedError("this recipe is text-to-3D and would ignore the image: use an image-to-3D recipe, "
+                              "--recipe quickstart-image (CPU, toy world), zero123 or magic123")
         read_reference(cfg.image, cfg.mask, cfg.depth)
     elif any(s.reference is not None for s in cfg.stages):
         raise ThreedError("this recipe is image-to-3D: give the photo with threed generate --image photo.png "

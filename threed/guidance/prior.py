@@ -10,10 +10,13 @@ own class's ``from_pretrained`` and frozen. Two kinds share one interface:
   the image itself in [-1, 1] at the UNet's ``sample_size``; a UNet with learned variance (twice the
   input channels out, Nichol & Dhariwal 2021) keeps the first half, the noise prediction.
 
-The diffusion plumbing lives here and nowhere else: encode images, add noise, predict noise (one
-batched UNet call for several conditionings, optionally through VSD's LoRA copy), classifier-free
-guidance (:meth:`DiffusionPrior.guide`, the one CFG formula), the weighting w(t), and deterministic
-DDIM steps. Score rules (``score.py``) only form residuals.
+The diffusion plumbing lives here and nowhere else, in :class:`DiffusionCore`: encode images, add
+noise, predict noise (one batched UNet call for several conditionings, optionally through VSD's LoRA
+copy, optionally with condition channels concatenated to the input), classifier-free guidance
+(:meth:`DiffusionCore.guide`, the one CFG formula), the weighting w(t), and deterministic DDIM steps.
+Text priors (:class:`DiffusionPrior`) and view-conditioned priors (:mod:`threed.guidance.zero123`)
+build on it; the latent/pixel image maps are the mixins :class:`LatentImages` and :class:`PixelImages`.
+Score rules (``score.py``) only form residuals.
 """
 
 from __future__ import annotations
