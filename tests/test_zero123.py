@@ -196,3 +196,49 @@ def test_reference_view_is_reproduced_on_a_toy_example(tiny_toy_zero123_dir, tmp
         out = tr.scene.render_eval(tr.reference.camera, "albedo")
     psnr = -10 * math.log10(float((out.rgb - tr.reference.reference.rgb).square().mean()))
     assert psnr >= 25.0, psnr
+
+
+@pytest.mark.parametrize("recipe", ["zero123", "magic123"])
+def test_image_recipes_run_coarse_to_fine_offline(recipe, tiny_zero123_dir, tiny_toy_dir, tmp_path):
+    """NeRF -> DMTet with the reference losses in both stages; Magic123 adds its text SDS on the prompt."""
+    from small_recipes import small
+    from threed.checkpoint import Checkpoint
+    from threed.cli import main
+
+    run = tmp_path / "run"
+    prompt = ["a red cube"] if recipe == "magic123" else []
+    assert main(["generate", *prompt, "--image", str(EXAMPLES / "red-cube.png"), "--recipe", recipe, "--out", str(run),
+                 f"image_model={tiny_zero123_dir}", f"model={tiny_toy_dir}", "stages.*.reference.view.resolution=16",
+                 *small(recipe)]) == 0
+    ckpts = [Checkpoint.load(run / "stages" / f"{i}-{name}" / "last.pt") for i, name in enumerate(["coarse", "refine"])]
+    assert [c.step for c in ckpts] == [3, 3] and ckpts[-1].scene_kind == "dmtet"
+    assert (run / "export" / "model.glb").is_file()
+
+
+def test_view_training_pairs_mirror_with_the_azimuth_change_negated():
+    """Each pair is (target, framed reference, pose of target relative to reference); a mirrored pair
+    negates sin(Δazimuth), since the mirror image of a view at azimuth a is the view at -a."""
+    from threed.toyworld.scenes import Scene
+    from threed.toyworld.train_views import ViewDataConfig, render_views, training_pairs
+
+    cfg = ViewDataConfig(resolution=16, supersample=1, views_per_scene=2, p_overhead=0.0)
+    cache = render_views(cfg, [Scene.single("cube", "blue", "yellow")], torch.Generator().manual_seed(3),
+                         log=lambda _: None)
+    target, ref, pose = training_pairs(cache, cfg, 64, torch.Generator().manual_seed(0))
+    views = cache.images.float().permute(0, 3, 1, 2) / 127.5 - 1
+    flips = 0
+    for k in range(64):
+        j = next((j for j in range(2) for flip in (False, True)
+                  if torch.allclose(target[k], views[j].flip(-1) if flip else views[j], atol=1e-5)))
+        flipped = not torch.allclose(target[k], views[j], atol=1e-5)
+        flips += flipped
+        i = [i for i in range(2) if torch.allclose(
+            pose[k, [0, 3]], relative_pose(cache.elevation[j:j + 1], cache.azimuth[j:j + 1], cache.distance[j:j + 1],
+                                           cache.elevation[i], cache.azimuth[i], cache.distance[i], "zero123")[0, [0, 3]],
+            atol=1e-5)][0]
+        want = relative_pose(cache.elevation[j:j + 1], cache.azimuth[j:j + 1], cache.distance[j:j + 1],
+                             cache.elevation[i], cache.azimuth[i], cache.distance[i], "zero123")[0]
+        want[1] = -want[1] if flipped else want[1]
+        assert torch.allclose(pose[k], want, atol=1e-5)
+    assert 10 < flips < 54
+    assert ref.shape == target.shape and ref.min() >= -1 and ref.max() <= 1
