@@ -242,3 +242,29 @@ def test_view_training_pairs_mirror_with_the_azimuth_change_negated():
         assert torch.allclose(pose[k], want, atol=1e-5)
     assert 10 < flips < 54
     assert ref.shape == target.shape and ref.min() >= -1 and ref.max() <= 1
+
+
+def test_depth_losses_ignore_scale_and_shift_and_need_a_depth_map(tmp_path):
+    from threed.reference.losses import ReferenceConfig, ReferenceLosses, pearson_loss, scale_shift_mse
+    from threed.stage import RunContext
+
+    d = torch.rand(500)
+    assert float(pearson_loss(3 * d + 2, d)) < 1e-6 and float(scale_shift_mse(3 * d + 2, d)) < 1e-8
+    assert float(pearson_loss(-d, d)) > 1.99
+    rgba = np.zeros((32, 32, 4))
+    rgba[8:24, 8:24] = 1
+    depth = np.tile(np.linspace(0.2, 0.8, 32), (32, 1))
+    image, depth_map = _write(tmp_path / "a.png", rgba), _write(tmp_path / "d.png", depth)
+    cfg = ReferenceConfig(view=ReferenceViewConfig(resolution=32))
+
+    def losses(depth_path):
+        ctx = RunContext(prompt="", model="", device=torch.device("cpu"), seed=0, max_steps=None, run_dir=tmp_path,
+                         image=str(image), depth=depth_path)
+        return ReferenceLosses(cfg, ctx)
+
+    with_depth = losses(str(depth_map))
+    ref = with_depth.reference
+    out = RenderOut(rgb=ref.rgb, opacity=ref.mask, depth=1.0 / (0.1 + ref.depth))  # depth = 1 / (disparity + c)
+    terms = with_depth.terms(out)
+    assert terms["ref_rgb"] < 1e-8 and terms["ref_mask"] < 1e-8 and terms["ref_depth"] < 0.01
+    assert "ref_depth" not in losses(None).terms(out)

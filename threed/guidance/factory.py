@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from threed.stage import RunContext
 
 
-def make_stage_guidance(cfg: ScoreConfig, model: str, prompt: PromptConfig, ctx: "RunContext",
+def make_stage_guidance(cfg: ScoreConfig, model: str | None, prompt: PromptConfig | None, ctx: "RunContext",
                         view: "ReferenceViewConfig | None") -> ScoreDistillation:
     """The guidance rule of ``cfg``: a Zero123-family rule loads ``cfg.model`` (else the recipe's
     ``image_model``) and is conditioned on the run's reference image seen from ``view``; any other
@@ -34,5 +34,5 @@ def make_stage_guidance(cfg: ScoreConfig, model: str, prompt: PromptConfig, ctx:
         prior = load_view_prior(name, ctx.device, convention=cfg.convention)
         reference = load_reference(ctx.image, view, ctx.mask, size=prior.resolution)
         return make_guidance(cfg, prior, ImageConditioning(prior, reference, view))
-    prior = load_prior(model, ctx.device)
+    prior = load_prior(model or ctx.model, ctx.device)
     return make_guidance(cfg, prior, PromptProcessor(prior, ctx.prompt, prompt))

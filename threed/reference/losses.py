@@ -115,7 +115,7 @@ class ReferenceLosses:
         if cfg.view_guidance is not None:
             from threed.guidance.factory import make_stage_guidance
 
-            self.guidance = make_stage_guidance(cfg.view_guidance, "", None, ctx, cfg.view)  # type: ignore[arg-type]
+            self.guidance = make_stage_guidance(cfg.view_guidance, None, None, ctx, cfg.view)
 
     def update(self, step: int, total_steps: int) -> None:
         if self.guidance is not None:
