@@ -215,3 +215,7 @@ def test_form_checks_before_queueing(tmp_path):
     if not image_to_3d_available():
         with pytest.raises(ThreedError, match="image-to-3D is not available yet"):
             JobRequest(image=cutout).validate()
+    else:  # a photo sent with a text recipe would be ignored: the page says which recipes take it
+        with pytest.raises(ThreedError, match="quickstart-image"):
+            JobRequest(image=cutout, recipe="quickstart").validate()
+        assert JobRequest(image=cutout, recipe="quickstart-image").validate().stages[0].reference is not None

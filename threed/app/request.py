@@ -74,7 +74,11 @@ class JobRequest:
             if not image_to_3d_available():
                 raise ThreedError("image-to-3D is not available yet in this version of threed; "
                                   "describe the object in the prompt instead")
-        return load_recipe(self.recipe, self.recipe_overrides(), prompt=self.prompt.strip() or None)
+        cfg = load_recipe(self.recipe, self.recipe_overrides(), prompt=self.prompt.strip() or None)
+        if self.image is not None and all(s.reference is None for s in cfg.stages):
+            raise ThreedError(f"the recipe {self.recipe!r} is text-to-3D and would ignore the photo: choose an "
+                              "image-to-3D recipe (quickstart-image, zero123 or magic123)")
+        return cfg
 
     def command(self, out: Path) -> list[str]:
         """``threed`` arguments that run this request into run folder ``out``."""
