@@ -1,11 +1,18 @@
-"""RenderOut: what every renderer returns, so guidance never cares which renderer made an image."""
+"""RenderOut: what every renderer returns, so guidance never cares which renderer made an image; and
+Renderer, what every renderer holds."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from threed.cameras import Cameras
+    from threed.render.background import Background
+    from threed.render.shading import Shading, ShadingConfig
 
 
 @dataclass
@@ -24,3 +31,22 @@ class RenderOut:
     depth: Float[Tensor, "B H W 1"]
     normal: Float[Tensor, "B H W 3"] | None = None
     aux: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Renderer(nn.Module):
+    """Base of the volume, mesh and splat renderers: its config, the geometry it draws, the background it
+    composites over and the shading settings; ``forward(cameras, shading)`` returns a :class:`RenderOut`."""
+
+    def __init__(self, cfg: Any, geometry: nn.Module, background: "Background",
+                 shading: "ShadingConfig | None" = None):
+        from threed.render.shading import ShadingConfig
+
+        super().__init__()
+        self.cfg = cfg
+        self.geometry = geometry
+        self.background = background
+        self.shading = shading or ShadingConfig()
+
+    def forward(self, cameras: "Cameras", shading: "Shading" = "albedo") -> RenderOut:
+        """Render ``cameras`` (B cameras, H x W) with DreamFusion ``shading``; outputs are B x H x W x C."""
+        raise NotImplementedError

@@ -51,8 +51,8 @@ from threed.backends import Backend, FastPath, use_fast_path
 from threed.cameras import Cameras
 from threed.geometry.mesh import Mesh
 from threed.render.background import Background
-from threed.render.output import RenderOut
-from threed.render.shading import SHADINGS, Shading, ShadingConfig, shade
+from threed.render.output import Renderer, RenderOut
+from threed.render.shading import SHADINGS, Shading, shade
 
 AlbedoFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 3"]]
 
@@ -477,20 +477,12 @@ def render_mesh(mesh: Mesh, cameras: Cameras, background: Background | None = No
     return RenderOut(rgb=rgb, opacity=opacity, depth=depth, normal=normal_map)
 
 
-class MeshRenderer(nn.Module):
+class MeshRenderer(Renderer):
     """Renders a mesh geometry over a background into a :class:`RenderOut`, like the volume renderer.
 
     ``geometry`` is anything with ``mesh() -> Mesh`` and, optionally, ``albedo(points N x 3) -> N x 3``
     (a texture field such as DMTet's); without ``albedo`` the mesh's vertex colours are used.
     """
-
-    def __init__(self, cfg: MeshRendererConfig, geometry: nn.Module, background: Background,
-                 shading: ShadingConfig | None = None):
-        super().__init__()
-        self.cfg = cfg
-        self.geometry = geometry
-        self.background = background
-        self.shading = shading or ShadingConfig()
 
     def forward(self, cameras: Cameras, shading: Shading = "albedo") -> RenderOut:
         """Render ``cameras`` (B cameras, H x W) with DreamFusion ``shading``; outputs are B x H x W x C."""

@@ -40,13 +40,13 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Float
-from torch import Tensor, nn
+from torch import Tensor
 
 from threed.backends import Backend, FastPath, use_fast_path
 from threed.cameras import Cameras
 from threed.geometry.gaussians import ALPHA_MIN, Gaussians, kernel_cutoff, quaternion_to_matrix
 from threed.render.background import Background
-from threed.render.output import RenderOut
+from threed.render.output import Renderer, RenderOut
 from threed.render.shading import Shading, ShadingConfig, shade
 
 ALPHA_MAX = 0.99
@@ -274,7 +274,7 @@ def _splat_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacity: Tensor,
                     visible=visible)
 
 
-class SplatRenderer(nn.Module):
+class SplatRenderer(Renderer):
     """Renders :class:`threed.geometry.gaussians.Gaussians` over a background into a :class:`RenderOut`.
 
     Outputs follow the other renderers: rgb composited over the background, opacity, depth (distance along
@@ -284,11 +284,7 @@ class SplatRenderer(nn.Module):
 
     def __init__(self, cfg: SplatRendererConfig, geometry: Gaussians, background: Background,
                  shading: ShadingConfig | None = None):
-        super().__init__()
-        self.cfg = cfg
-        self.geometry = geometry
-        self.background = background
-        self.shading = shading or ShadingConfig()
+        super().__init__(cfg, geometry, background, shading)
         self._last: tuple[SplatOut, int, int] | None = None
 
     def forward(self, cameras: Cameras, shading: Shading = "albedo") -> RenderOut:

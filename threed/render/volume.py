@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from threed.backends import Backend, FastPath, use_fast_path
 from threed.cameras import Cameras
 from threed.render.background import Background
-from threed.render.output import RenderOut
+from threed.render.output import Renderer, RenderOut
 from threed.render.shading import SHADINGS, Shading, ShadingConfig, shade
 
 
@@ -105,7 +105,7 @@ class _Samples:
     """Torch path: position of each sample in the (rays x num_samples) table, for the per-ray scan."""
 
 
-class VolumeRenderer(nn.Module):
+class VolumeRenderer(Renderer):
     """Renders a density + albedo field over a background into a :class:`RenderOut`.
 
     ``forward(cameras, shading)`` returns rgb (composited over the background), opacity, depth
@@ -116,11 +116,7 @@ class VolumeRenderer(nn.Module):
 
     def __init__(self, cfg: VolumeRendererConfig, geometry: nn.Module, background: Background,
                  shading: ShadingConfig | None = None):
-        super().__init__()
-        self.cfg = cfg
-        self.geometry = geometry
-        self.background = background
-        self.shading = shading or ShadingConfig()
+        super().__init__(cfg, geometry, background, shading)
         res = cfg.occupancy_resolution
         # EMA of the maximum density seen in each cell (x, y, z order), and whether skipping is on yet;
         # both are saved with the model so a loaded field renders as it trained.
