@@ -41,7 +41,19 @@ class NeRFSceneConfig:
 
 
 @dataclass
-class DMTetSceneConfig:
+class FromDensityConfig:
+    """How a scene that can start from a previous stage's density (NeRF or Gaussians) finds that density's
+    surface: DMTet starts on it, Gaussians are drawn inside it (:meth:`Scene.init_from`)."""
+
+    init_level: float | None = None
+    """Density level of the previous stage's surface; None chooses it automatically, as mesh export does
+    (threed.export.isosurface)."""
+    init_resolution: int = 64
+    """Grid resolution at which that automatic level is judged."""
+
+
+@dataclass
+class DMTetSceneConfig(FromDensityConfig):
     """A DMTet surface rendered by rasterization (Magic3D's and Fantasia3D's refinement representation)."""
 
     kind: Literal["dmtet"] = "dmtet"
@@ -53,15 +65,10 @@ class DMTetSceneConfig:
     """What this stage optimises: ``geometry`` (SDF and deformation; Fantasia3D's first stage, often with
     normal-map shading), ``texture`` (only the albedo field, on a fixed surface: Magic3D's and
     ProlificDreamer's texture stages) or ``all``."""
-    init_level: float | None = None
-    """Density level of the previous (NeRF) stage's surface when starting from it; None chooses it
-    automatically, as mesh export does (threed.export.isosurface)."""
-    init_resolution: int = 64
-    """Grid resolution at which that automatic level is judged."""
 
 
 @dataclass
-class GaussianSceneConfig:
+class GaussianSceneConfig(FromDensityConfig):
     """3D Gaussians rendered by splatting (DreamGaussian's and GaussianDreamer's representation)."""
 
     kind: Literal["gaussian"] = "gaussian"
@@ -69,11 +76,6 @@ class GaussianSceneConfig:
     renderer: SplatRendererConfig = field(default_factory=SplatRendererConfig)
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     shading: ShadingConfig = field(default_factory=ShadingConfig)
-    init_level: float | None = None
-    """Density level of the previous (NeRF) stage whose inside the Gaussians start in; None chooses it
-    automatically, as mesh export does (threed.export.isosurface)."""
-    init_resolution: int = 64
-    """Grid resolution at which that automatic level is judged."""
 
 
 SceneConfig = NeRFSceneConfig | DMTetSceneConfig | GaussianSceneConfig
