@@ -282,14 +282,15 @@ def make_tiny_zero123(path: str | Path, seed: int = 0, projection_name: str = "c
 
 
 def make_tiny_toy_zero123(path: str | Path, seed: int = 0) -> Path:
-    """The embedded toy-world view prior's layout at a tiny size (16 px), written by its own trainer's saver."""
+    """The embedded toy-world view prior's layout at a tiny size (16 px: UNet, CLIP vision encoder, projection),
+    written by its own trainer's saver."""
     from threed.toyworld.train_views import ViewModelConfig, build_view_models, save_view_prior
     from threed.toyworld.train import ToyworldTrainConfig, build_scheduler
 
     path = Path(path)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        unet, projection = build_view_models(ViewModelConfig(block_out_channels=(16, 32), norm_num_groups=8,
-                                                             token_dim=16), 16)
-        save_view_prior(path, unet, projection, build_scheduler(ToyworldTrainConfig()))
+        parts = build_view_models(ViewModelConfig(block_out_channels=(16, 32), norm_num_groups=8, token_dim=16,
+                                                  image_dim=8, encoder_width=16, encoder_layers=1), 16)
+        save_view_prior(path, *parts[:2], build_scheduler(ToyworldTrainConfig()), *parts[2:])
     return path

@@ -83,6 +83,25 @@ def relative_pose(elevation: Float[Tensor, "B"], azimuth: Float[Tensor, "B"], di
     return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), last], dim=-1)
 
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def clip_preprocessing(feature_extractor: Any) -> tuple[int, list[float], list[float]]:
+    """(square size, mean, std) of a ``CLIPImageProcessor`` (OpenAI CLIP's 224 and statistics without one)."""
+    fe = feature_extractor
+    size = int((getattr(fe, "crop_size", None) or {"height": 224}).get("height", 224)) if fe else 224
+    return size, list(getattr(fe, "image_mean", None) or CLIP_MEAN), list(getattr(fe, "image_std", None) or CLIP_STD)
+
+
+def clip_pixels(x: Float[Tensor, "B 3 H W"], size: int, mean: Tensor, std: Tensor) -> Float[Tensor, "B 3 S S"]:
+    """Square images in [0, 1] -> a CLIP image encoder's input (bicubic resize to ``size``, normalised); the toy
+    view prior's trainer calls this too, so training and guidance see the same pixels."""
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    return (x - mean.to(x)) / std.to(x)
+
+
 class ViewConditionedPrior(DiffusionCore):
     """A frozen Zero123-family model: the UNet sees [x_t, reference] and one token from ``projection``.
 
@@ -91,7 +110,8 @@ class ViewConditionedPrior(DiffusionCore):
 
     def __init__(self, name: str, unet: torch.nn.Module, scheduler: Any, projection: torch.nn.Linear,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 convention: PoseConvention = "zero123"):
+                 convention: PoseConvention = "zero123", image_encoder: torch.nn.Module | None = None,
+                 feature_extractor: Any = None):
         in_ch = int(unet.config.in_channels)
         if in_ch % 2:
             raise ThreedError(f"{name}: a Zero123-family UNet takes the noisy image and the reference concatenated "
@@ -101,13 +121,23 @@ class ViewConditionedPrior(DiffusionCore):
         self.convention = convention
         self.pose_as_class = getattr(unet.config, "class_embed_type", None) == "projection"
         self.image_dim = projection.in_features - 4
-        if self.image_dim < 0:
-            raise ThreedError(f"{name}: the camera projection takes {projection.in_features} inputs; it needs the "
-                              "image embedding plus the 4 pose numbers")
+        self.image_encoder = None if image_encoder is None else _freeze(image_encoder, self.device, dtype)
+        self.clip_size, mean, std = clip_preprocessing(feature_extractor)
+        self.clip_mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.clip_std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        encoder_dim = 0 if image_encoder is None else int(image_encoder.config.projection_dim)
+        if self.image_dim != encoder_dim:
+            raise ThreedError(f"{name}: the camera projection takes {projection.in_features} inputs, which is not "
+                              f"the image embedding width ({encoder_dim}) plus the 4 pose numbers")
 
+    @torch.no_grad()
     def image_embedding(self, rgb: Float[Tensor, "1 H W 3"]) -> Float[Tensor, "1 E"]:
-        """The reference's image embedding fed to the projection (width 0 when there is no image encoder)."""
-        return torch.zeros(rgb.shape[0], 0, device=self.device)
+        """CLIP ``image_embeds`` of the (square, framed) reference, preprocessed as CLIPImageProcessor does
+        (width 0 when the model has no image encoder)."""
+        if self.image_encoder is None:
+            return torch.zeros(rgb.shape[0], 0, device=self.device)
+        x = clip_pixels(rgb.permute(0, 3, 1, 2).to(self.device).float(), self.clip_size, self.clip_mean, self.clip_std)
+        return self.image_encoder(x.to(self.dtype)).image_embeds.float()
 
     def reference_concat(self, rgb: Float[Tensor, "1 H W 3"]) -> Float[Tensor, "1 K h w"]:
         """The channels concatenated to the UNet input for a reference image in [0, 1]."""
@@ -141,23 +171,9 @@ class LatentViewPrior(LatentImages, ViewConditionedPrior):
     def __init__(self, name: str, unet, scheduler, projection, vae, image_encoder, feature_extractor=None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  convention: PoseConvention = "zero123"):
-        super().__init__(name, unet, scheduler, projection, device, dtype, convention)
+        super().__init__(name, unet, scheduler, projection, device, dtype, convention, image_encoder,
+                         feature_extractor)
         self._set_vae(vae)
-        self.image_encoder = _freeze(image_encoder, self.device, dtype)
-        fe = feature_extractor
-        self.clip_size = int((getattr(fe, "crop_size", None) or {"height": 224}).get("height", 224)) if fe else 224
-        mean = getattr(fe, "image_mean", None) or [0.48145466, 0.4578275, 0.40821073]
-        std = getattr(fe, "image_std", None) or [0.26862954, 0.26130258, 0.27577711]
-        self.clip_mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.clip_std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-
-    @torch.no_grad()
-    def image_embedding(self, rgb: Float[Tensor, "1 H W 3"]) -> Float[Tensor, "1 E"]:
-        """CLIP ``image_embeds`` of the (square, framed) reference, preprocessed as CLIPImageProcessor does."""
-        x = F.interpolate(rgb.permute(0, 3, 1, 2).to(self.device).float(), size=(self.clip_size, self.clip_size),
-                          mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        x = (x - self.clip_mean) / self.clip_std
-        return self.image_encoder(x.to(self.dtype)).image_embeds.float()
 
     @torch.no_grad()
     def reference_concat(self, rgb: Float[Tensor, "1 H W 3"]) -> Float[Tensor, "1 4 h w"]:
@@ -286,16 +302,13 @@ def load_view_prior(model: str, device: torch.device | str = "cpu", dtype: torch
     projection = _load_projection(folder / proj_name)
     common = dict(name=model, unet=parts["unet"], scheduler=parts["scheduler"], projection=projection,
                   device=device, dtype=dtype, convention=conv)
+    encoder = dict(image_encoder=parts.get("image_encoder"), feature_extractor=parts.get("feature_extractor"))
     if "vae" in parts:
         if "image_encoder" not in parts:
             raise ThreedError(f"{folder} has a vae but no image_encoder: a latent Zero123 model needs its CLIP "
                               "image encoder; download the model again")
-        prior: ViewConditionedPrior = LatentViewPrior(vae=parts["vae"], image_encoder=parts["image_encoder"],
-                                                      feature_extractor=parts.get("feature_extractor"), **common)
+        prior: ViewConditionedPrior = LatentViewPrior(vae=parts["vae"], **encoder, **common)
     else:
-        prior = PixelViewPrior(**common)
-    if prior.image_dim != (prior.image_encoder.config.projection_dim if isinstance(prior, LatentViewPrior) else 0):
-        raise ThreedError(f"{folder}: the camera projection takes {prior.projection.in_features} inputs, which is "
-                          f"not the image embedding width plus 4")
+        prior = PixelViewPrior(**common, **encoder)
     _LOADED[key] = prior
     return prior
