@@ -183,3 +183,33 @@ def test_tiny_training_run_writes_a_loadable_diffusers_folder(tmp_path):
     cfg.seed = 1
     with pytest.raises(ThreedError, match="another model/data config or seed"):
         train(cfg, out, resume=True, log=lines.append)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_weights_weigh_x0_errors_by_the_clamped_snr(prediction_type):
+    """Whatever the UNet predicts, the weighted squared error of an output off by an x0 error delta is
+    min(max(SNR, floor), gamma) |delta|^2: the weighting the trainers' docstrings promise."""
+    from diffusers import DDPMScheduler
+
+    from threed.toyworld.train import min_snr_weight
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    gen = torch.Generator().manual_seed(0)
+    t = torch.tensor([20, 300, 600, 900, 990])
+    x0, noise, delta = (torch.randn(5, 3, 4, 4, generator=gen) for _ in range(3))
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = sched.add_noise(x0, noise, t)
+    x0_hat = x0 + delta
+    if prediction_type == "epsilon":  # the output whose implied x0 is x0_hat, and the training target
+        out, target = (x_t - a.sqrt() * x0_hat) / (1 - a).sqrt(), noise
+    else:
+        out, target = (a.sqrt() * x_t - x0_hat) / (1 - a).sqrt(), sched.get_velocity(x0, noise, t)
+    snr = (a / (1 - a)).flatten()
+    for floor, gamma in ((0.0, 5.0), (1.0, 5.0), (0.0, 0.0)):
+        w = min_snr_weight(sched.alphas_cumprod[t], gamma, floor, prediction_type)
+        got = (out - target).pow(2).mean(dim=(1, 2, 3)) * w
+        want_w = snr.clamp(min=floor) if floor else snr
+        want_w = want_w.clamp(max=gamma) if gamma else want_w
+        if not gamma and not floor and prediction_type == "epsilon":
+            assert torch.allclose(w, torch.ones_like(w))
+        assert torch.allclose(got, want_w * delta.pow(2).mean(dim=(1, 2, 3)), rtol=1e-3), (floor, gamma)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -135,6 +136,11 @@ class DiffusionTrainConfig:
     """EMA decay of all weights, ramped as min(decay, (1 + step) / (10 + step))."""
     min_snr_gamma: float = 5.0
     """Min-SNR loss weighting (Hang et al. 2023); 0 turns it off."""
+    snr_floor: float = 0.0
+    """Lower bound of the loss weight in x0 terms, min(max(SNR, floor), gamma) (the floor of Salimans & Ho's
+    truncated-SNR weighting, which keeps the high-noise steps that decide colour and layout in play); 0: none."""
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    """What the UNet predicts; guidance converts either to a noise prediction (threed.guidance.prior)."""
     beta_schedule: str = "squaredcos_cap_v2"
     """DDPMScheduler beta schedule (cosine)."""
     train_timesteps: int = 1000
@@ -230,7 +236,7 @@ def build_scheduler(cfg: ToyworldTrainConfig):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=cfg.train_timesteps, beta_schedule=cfg.beta_schedule,
-                         prediction_type="epsilon", timestep_spacing="trailing")
+                         prediction_type=cfg.prediction_type, timestep_spacing="trailing")
 
 
 @dataclass
@@ -342,12 +348,17 @@ class EMA:
             p.copy_(s)
 
 
-def min_snr_weight(alpha_bar: Float[Tensor, "B"], gamma: float) -> Float[Tensor, "B"]:
-    """Min-SNR-gamma weights of epsilon-prediction losses (Hang et al. 2023): min(SNR, gamma) / SNR; 1 when gamma is 0."""
-    if gamma <= 0:
-        return torch.ones_like(alpha_bar)
+def min_snr_weight(alpha_bar: Float[Tensor, "B"], gamma: float, floor: float = 0.0,
+                   prediction_type: str = "epsilon") -> Float[Tensor, "B"]:
+    """Per-sample weights of the squared error of the model's output such that, in x0 terms, the loss is
+    weighted by min(max(SNR, floor), gamma) (Min-SNR-gamma of Hang et al. 2023, with an optional floor;
+    gamma <= 0: no cap). An epsilon error is an x0 error times sqrt(SNR), a v error one times
+    sqrt(SNR + 1). With no floor and no cap the epsilon loss is unweighted (1)."""
     snr = alpha_bar / (1 - alpha_bar)
-    return snr.clamp(max=gamma) / snr
+    w = snr.clamp(min=floor) if floor > 0 else snr
+    if gamma > 0:
+        w = w.clamp(max=gamma)
+    return w / (snr + 1) if prediction_type == "v_prediction" else w / snr
 
 
 def _ckpt_dir(out: Path) -> Path:
