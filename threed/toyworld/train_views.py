@@ -33,6 +33,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,12 @@ class ViewTrainConfig(DiffusionTrainConfig):
     """DDIM steps for the samples."""
     cfg_scale: float = 3.0
     """Classifier-free guidance scale of the samples."""
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+    """v: with ``snr_floor`` 1 the loss weighs x0 errors by min(max(SNR, 1), 5), so the high-noise steps where
+    the reference decides colour and shape count as much as mid-noise ones (epsilon + Min-SNR weighs them by
+    SNR, 0.02 at t = 900: the first version learnt almost nothing from its reference there)."""
+    snr_floor: float = 1.0
+    """See :class:`DiffusionTrainConfig`."""
 
 
 def build_view_models(cfg: ViewModelConfig, resolution: int):
@@ -264,7 +271,9 @@ def train_views(cfg: ViewTrainConfig, out: str | Path, resume: bool = False, log
         tokens = projection(torch.cat([emb, pose], dim=-1))[:, None, :] * keep[:, None, None]
         x = torch.cat([noisy, ref * keep[:, None, None, None]], dim=1)
         pred = unet(x, t, tokens, class_labels=pose).sample
-        per = (pred - noise).pow(2).mean(dim=(1, 2, 3)) * min_snr_weight(alphas[t], cfg.min_snr_gamma)
+        want = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(target, noise, t)
+        per = (pred - want).pow(2).mean(dim=(1, 2, 3)) * min_snr_weight(alphas[t], cfg.min_snr_gamma, cfg.snr_floor,
+                                                                          cfg.prediction_type)
         loss = per.mean()
         if not torch.isfinite(loss):
             raise ThreedError(f"loss became {loss.item()} at step {step}; last good checkpoint: {ckpt}")
@@ -393,7 +402,7 @@ assets/examples/<toy>.png` runs offline on a CPU (`image_model=toyworld`). It kn
 | `image_encoder/` | transformers `CLIPVisionModelWithProjection`, {m['encoder_layers']} layers, width {m['encoder_width']}, {m['encoder_patch']}-px patches, {m['image_dim']}-d embedding, trained jointly | |
 | `feature_extractor/` | `CLIPImageProcessor` at {d['resolution']} px, CLIP's mean and std | |
 | `cc_projection/` | `Linear({m['image_dim']} + 4, {m['token_dim']})`: the cross-attention token from [image embedding, pose], Zero123's layout | |
-| `scheduler/` | diffusers `DDPMScheduler`, {c['train_timesteps']} steps, cosine betas, epsilon prediction | |
+| `scheduler/` | diffusers `DDPMScheduler`, {c['train_timesteps']} steps, cosine betas, {c['prediction_type']} | |
 
 Folder size {s['folder_mb']} MB. Pose: threed's `zero123` convention (`threed/guidance/zero123.py`):
 [rad(el_ref - el), sin Δaz, cos Δaz, d - d_ref]. Unconditional branch: zero reference, zero token, pose
@@ -404,7 +413,7 @@ class embedding kept. The reference is framed with fill ratio {d['fill_ratio']} 
 {s['scenes']} scenes (held out: {', '.join(d['held_out'])}), {d['views_per_scene']} views each ({s['views']} renders),
 cameras from `CameraSampler` (elevation -10..45 deg, {d['p_overhead']:.0%} at 60..85; distance 2.5-3.0; fovy 35-45),
 white background, albedo {d['p_albedo']:.0%} / lambertian. Seed {c['seed']}, {s['steps']} steps of batch {c['batch_size']}
-in {s['train_minutes']} min on {c['threads']} CPU thread(s), AdamW lr {c['lr']}, Min-SNR-{c['min_snr_gamma']:g}, EMA {c['ema_decay']}.
+in {s['train_minutes']} min on {c['threads']} CPU thread(s), AdamW lr {c['lr']}, {c['prediction_type']} prediction, x0 loss weight min(max(SNR, {c['snr_floor']:g}), {c['min_snr_gamma']:g}), EMA {c['ema_decay']}.
 Reproduce: `python scripts/train_toyworld_prior.py --mode views --out <folder> --minutes {c['minutes']:g} --threads {c['threads']} --seed {c['seed']}`.
 
 ## Samples
