@@ -13,6 +13,7 @@ Generation never reads any of this; it is for reporting.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,15 @@ from threed.toyworld.raycast import render
 from threed.toyworld.scenes import parse_prompt
 from threed.toyworld.score import name_colour
 from threed.toyworld.train_views import reference_view
+
+
+def example_name(caption: str, elevation: float = 0.0) -> str:
+    """File name of an example photo in assets/examples (scripts/make_toy_examples.py): the caption's slug,
+    plus ``-el<degrees>`` when it is not seen from elevation 0."""
+    from threed.recipe import slugify
+
+    slug = slugify(caption.removeprefix("a ").removeprefix("an "))
+    return f"{slug}-el{elevation:g}.png" if elevation else f"{slug}.png"
 
 
 def framing_scale(caption: str, view: ReferenceViewConfig, probe: int = 256) -> float:
@@ -42,9 +52,11 @@ def _colour(rgb: torch.Tensor, mask: torch.Tensor) -> str | None:
 
 @torch.no_grad()
 def view_agreement(render_fn: Callable[[Cameras], RenderOut], caption: str, view: ReferenceViewConfig,
-                   azimuths: Sequence[float] = (0.0, 90.0, 180.0, 270.0), resolution: int = 64) -> dict:
+                   azimuths: Sequence[float] = (0.0, 90.0, 180.0, 270.0), resolution: int = 64,
+                   grid_path: str | Path | None = None) -> dict:
     """Mask IoU and colour agreement per azimuth of ``render_fn`` (the reconstruction, albedo) against the
-    ground truth of ``caption``; azimuth 0 is the reference view itself."""
+    ground truth of ``caption``; azimuth 0 is the reference view itself. ``grid_path``: also write a PNG,
+    ground truth on top, the reconstruction below, one column per azimuth."""
     s = framing_scale(caption, view)
     az = torch.tensor(list(azimuths), dtype=torch.float32)
     cams = Cameras.orbit(view.elevation, view.azimuth + az, view.distance, view.fovy, resolution)
@@ -58,7 +70,41 @@ def view_agreement(render_fn: Callable[[Cameras], RenderOut], caption: str, view
         want, got = _colour(truth.rgb[k], m_t), _colour(out.rgb[k].cpu(), m_r)
         rows.append({"d_azimuth": float(a), "iou": round(iou, 3), "colour_truth": want, "colour": got,
                      "colour_ok": want == got})
+    if grid_path is not None:
+        import imageio.v3 as iio
+
+        grid = torch.cat([torch.cat(list(truth.rgb), dim=1), torch.cat(list(out.rgb.cpu()), dim=1)], dim=0)
+        iio.imwrite(grid_path, (grid.clamp(0, 1).numpy() * 255).round().astype(np.uint8))
     novel = [r for r in rows if r["d_azimuth"] % 360 != 0]
     return {"caption": caption, "framing_scale": round(s, 3), "views": rows,
             "novel_iou": round(float(np.mean([r["iou"] for r in novel])), 3) if novel else None,
             "novel_colour_ok": round(float(np.mean([r["colour_ok"] for r in novel])), 3) if novel else None}
+
+
+def reconstruct_and_score(recipe: str, caption: str, image: str | Path, overrides: Sequence[str], run_dir: Path,
+                          grid_path: str | Path | None = None) -> dict:
+    """Run every stage of an image recipe on ``image`` in ``run_dir`` (no export), then score the last
+    stage's scene: PSNR against the framed photo at the reference camera, and :func:`view_agreement`
+    with ``caption``'s ground truth at the other sides."""
+    import math
+
+    from threed.recipe import load_recipe, resolve_device
+    from threed.stage import RunContext, Stage
+
+    cfg = load_recipe(recipe, list(overrides), image=str(image))
+    device = resolve_device(cfg.device)
+    ctx = RunContext(prompt=cfg.prompt, model=cfg.model, device=device, seed=cfg.seed, max_steps=cfg.max_steps,
+                     run_dir=Path(run_dir), image=cfg.image, mask=cfg.mask, depth=cfg.depth, image_model=cfg.image_model)
+    ckpt = None
+    for i, stage_cfg in enumerate(cfg.stages):
+        stage = Stage(stage_cfg, ctx, i)
+        ckpt = stage.run(init=ckpt)
+    tr, _ = stage.setup()  # the finished stage, reloaded from its checkpoint
+    scene, ref = tr.scene.eval(), tr.reference
+    with torch.no_grad():
+        front = scene.render_eval(ref.camera, "albedo")
+    psnr = -10 * math.log10(float((front.rgb - ref.reference.rgb).square().mean()))
+    report = view_agreement(lambda cams: scene.render_eval(cams.to(device), "albedo"), caption,
+                            stage_cfg.reference.view, grid_path=grid_path)
+    report["reference_psnr"] = round(psnr, 2)
+    return report
