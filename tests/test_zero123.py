@@ -268,3 +268,62 @@ def test_depth_losses_ignore_scale_and_shift_and_need_a_depth_map(tmp_path):
     terms = with_depth.terms(out)
     assert terms["ref_rgb"] < 1e-8 and terms["ref_mask"] < 1e-8 and terms["ref_depth"] < 0.01
     assert "ref_depth" not in losses(None).terms(out)
+
+
+def test_tiny_view_training_run_writes_a_loadable_zero123_folder(tmp_path):
+    """The view trainer writes Zero123's layout (UNet, CLIP image encoder, projection of [embedding, pose]),
+    v-prediction, loadable by ``load_view_prior``; resume continues and refuses another model config."""
+    from threed.config import build
+    from threed.toyworld.train_views import ViewTrainConfig, train_views
+
+    cfg = build(ViewTrainConfig, {
+        "model": {"block_out_channels": [8, 16, 16], "norm_num_groups": 8, "attention_head_dim": 4, "token_dim": 16,
+                  "image_dim": 8, "encoder_width": 16, "encoder_layers": 1},
+        "data": {"views_per_scene": 2}, "steps": 2, "batch_size": 4, "log_seconds": 0,
+        "sample_scenes": ["a purple torus"], "sample_steps": 2})
+    out = tmp_path / "views"
+    lines = []
+    summary = train_views(cfg, out, log=lines.append)
+    assert summary["steps"] == 2 and any(line.startswith("step 2 loss") for line in lines)
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["image_encoder"] == ["transformers", "CLIPVisionModelWithProjection"]
+    prior = load_view_prior(str(out))
+    assert isinstance(prior, PixelViewPrior) and prior.image_dim == 8 and prior.prediction_type == "v_prediction"
+    emb = prior.image_embedding(torch.rand(1, 32, 32, 3))
+    assert emb.shape == (1, 8) and emb.abs().sum() > 0
+    card = (out / "README.md").read_text()
+    assert "CLIPVisionModelWithProjection" in card and "| a purple torus | yes |" in card
+    cfg.steps = 3
+    assert train_views(cfg, out, resume=True, log=lines.append)["steps"] == 3
+    assert any("resumed" in line and "step 2" in line for line in lines)
+    cfg.model.image_dim = 4
+    with pytest.raises(ThreedError, match="another model/data config"):
+        train_views(cfg, out, resume=True, log=lines.append)
+
+
+def test_view_agreement_scores_the_truth_perfect_and_other_objects_wrong(tmp_path):
+    """The image-to-3D score: the ground truth itself (scaled as framing scales it) gets IoU 1 and every colour
+    right, and writes its comparison grid; a sphere loses IoU, a red cube fails the blue cube's sides."""
+    from threed.toyworld.raycast import render
+    from threed.toyworld.scenes import parse_prompt
+    from threed.toyworld.score_views import framing_scale, view_agreement
+
+    truth = "a blue cube with a yellow front"
+    view = ReferenceViewConfig(fill_ratio=0.5, resolution=32)
+    s = framing_scale(truth, view)
+
+    def renderer(caption):
+        def fn(cams):
+            moved = Cameras.orbit(cams.elevation, cams.azimuth, cams.distance / s, torch.rad2deg(cams.fovy), cams.height)
+            return render(parse_prompt(caption), moved, "albedo", (1.0, 1.0, 1.0))
+        return fn
+
+    grid = tmp_path / "views.png"
+    same = view_agreement(renderer(truth), truth, view, resolution=32, grid_path=grid)
+    assert same["novel_iou"] > 0.99 and same["novel_colour_ok"] == 1.0
+    assert [v["colour"] for v in same["views"]] == ["yellow", "blue", "blue", "blue"]
+    assert grid.stat().st_size > 0
+    sphere = view_agreement(renderer("a blue sphere"), truth, view, resolution=32)
+    assert sphere["novel_iou"] < 0.9 and sphere["novel_colour_ok"] == 1.0
+    red = view_agreement(renderer("a red cube"), truth, view, resolution=32)
+    assert red["novel_iou"] > 0.99 and red["novel_colour_ok"] == 0.0
