@@ -34,10 +34,11 @@ handedness). So a view at Δazimuth = +90 looks at the side of the object that a
   ``clip_camera_projection``. The projection is a custom class in those repos' pipeline files, so
   threed reads its one linear layer from the weights itself instead of importing remote code.
 * the embedded toy-world view prior (``image_model=toyworld``, :mod:`threed.toyworld.train_views`):
-  pixel space, ``unet`` with the reference image concatenated (6 channels), ``cc_projection`` of the
-  pose alone (no image encoder: the concatenated reference carries the image), and the pose also fed
-  as the UNet's class embedding (diffusers' ``class_embed_type="projection"``), kept in both
-  branches of guidance as in its training.
+  the same layout in pixel space: ``unet`` with the reference image itself concatenated (6 channels),
+  a tiny ``image_encoder`` (``CLIPVisionModelWithProjection``, trained with it) and its
+  ``feature_extractor``, ``cc_projection`` of [image embedding, pose], and the pose also fed as the
+  UNet's class embedding (diffusers' ``class_embed_type="projection"``), kept in both branches of
+  guidance as in its training. It is a v-prediction model; guidance converts to noise predictions.
 """
 
 from __future__ import annotations

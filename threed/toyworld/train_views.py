@@ -19,10 +19,12 @@ objective and same entry point as the text prior (``scripts/train_toyworld_prior
   first version had no image encoder: after 2,312 steps its samples did not depend on the reference
   at all (same noise, same sample for a red cube and a white pyramid; the denoising loss with a
   shuffled reference was within 5 % of the true one), so the global token is what carries identity.
-* Objective: DDPM epsilon prediction, cosine schedule, Min-SNR-5 weighting (as the text prior,
-  :mod:`threed.toyworld.train`); the reference and the token are dropped together with probability
-  0.1 for classifier-free guidance on the image.
-* Output: ``model_index.json``, ``unet/``, ``scheduler/``, ``cc_projection/``, a model card and
+* Objective: DDPM v-prediction, cosine schedule, x0 errors weighted by min(max(SNR, 1), 5) (the text
+  prior's epsilon + Min-SNR-5 weighs the high-noise steps, where the reference decides colour and
+  layout, by the SNR alone: see ``ViewTrainConfig.prediction_type``); the reference and the token are
+  dropped together with probability 0.1 for classifier-free guidance on the image.
+* Output: ``model_index.json``, ``unet/``, ``scheduler/``, ``cc_projection/``, ``image_encoder/``,
+  ``feature_extractor/``, a model card and
   ``samples.png`` (per row: the reference, then ground truth and a sample at Δazimuth 0, 90, 180, 270).
 """
 
