@@ -1,7 +1,6 @@
 """The shipped toy-world view prior (``image_model=toyworld``), loaded as image-to-3D loads it, and what
 image-to-3D makes of one toy photo with it."""
 
-import math
 from pathlib import Path
 
 import pytest
