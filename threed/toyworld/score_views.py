@@ -86,8 +86,7 @@ def reconstruct_and_score(recipe: str, caption: str, image: str | Path, override
     """Run every stage of an image recipe on ``image`` in ``run_dir`` (no export), then score the last
     stage's scene: PSNR against the framed photo at the reference camera, and :func:`view_agreement`
     with ``caption``'s ground truth at the other sides."""
-    import math
-
+    from threed.export.views import psnr
     from threed.recipe import load_recipe, resolve_device
     from threed.stage import RunContext, Stage
 
@@ -103,8 +102,7 @@ def reconstruct_and_score(recipe: str, caption: str, image: str | Path, override
     scene, ref = tr.scene.eval(), tr.reference
     with torch.no_grad():
         front = scene.render_eval(ref.camera, "albedo")
-    psnr = -10 * math.log10(float((front.rgb - ref.reference.rgb).square().mean()))
     report = view_agreement(lambda cams: scene.render_eval(cams.to(device), "albedo"), caption,
                             stage_cfg.reference.view, grid_path=grid_path)
-    report["reference_psnr"] = round(psnr, 2)
+    report["reference_psnr"] = round(psnr(front.rgb, ref.reference.rgb), 2)
     return report

@@ -46,7 +46,7 @@ from torch import Tensor
 from threed.cameras import Cameras, CameraSampler, CameraSamplerConfig
 from threed.config import to_dict
 from threed.errors import ThreedError
-from threed.guidance.zero123 import CLIP_MEAN, CLIP_STD, PixelViewPrior, clip_pixels, relative_pose, save_projection
+from threed.guidance.zero123 import PixelViewPrior, clip_pixels, clip_preprocessing, relative_pose, save_projection
 from threed.reference.image import frame_object
 from threed.toyworld.raycast import render
 from threed.toyworld.scenes import Scene, catalogue, parse_prompt
@@ -216,7 +216,9 @@ def train_views(cfg: ViewTrainConfig, out: str | Path, resume: bool = False, log
     unet, projection, encoder, processor = build_view_models(cfg.model, d.resolution)
     scheduler = build_scheduler(cfg)
     params = list(unet.parameters()) + list(projection.parameters()) + list(encoder.parameters())
-    clip_mean, clip_std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    # the saved processor's own size and statistics, which guidance reads back (ViewConditionedPrior)
+    clip_size, mean, std = clip_preprocessing(processor)
+    clip_mean, clip_std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(params, cfg.ema_decay)
     n_params = sum(p.numel() for p in params)
@@ -269,7 +271,7 @@ def train_views(cfg: ViewTrainConfig, out: str | Path, resume: bool = False, log
         lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        emb = encoder(clip_pixels((ref + 1) / 2, d.resolution, clip_mean, clip_std)).image_embeds
+        emb = encoder(clip_pixels((ref + 1) / 2, clip_size, clip_mean, clip_std)).image_embeds
         tokens = projection(torch.cat([emb, pose], dim=-1))[:, None, :] * keep[:, None, None]
         x = torch.cat([noisy, ref * keep[:, None, None, None]], dim=1)
         pred = unet(x, t, tokens, class_labels=pose).sample
