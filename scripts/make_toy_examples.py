@@ -3,7 +3,7 @@
     python scripts/make_toy_examples.py [--out assets/examples] [--size 128]
 
 Each is an RGBA PNG of one toy-world scene seen from the front (azimuth 0, distance 2.75, fovy 40: the
-reference camera of configs/quickstart-image.yaml; elevation 0 unless the name ends in ``-el<degrees>``),
+reference camera of threed/recipes/quickstart-image.yaml; elevation 0 unless the name ends in ``-el<degrees>``),
 lambertian-shaded, with the object's coverage as alpha, so ``threed generate --image
 assets/examples/<name>.png`` runs on the embedded toy-world view prior and its result can be scored
 against the same scene's ground truth. A yellow-fronted blue cube seen straight on is a yellow square:

@@ -1,7 +1,7 @@
 """Train threed's embedded toy-world prior (see threed/toyworld/train.py and the model card it writes).
 
-    python scripts/train_toyworld_prior.py --out assets/priors/toyworld --minutes 75 --threads 1 --seed 0
-    python scripts/train_toyworld_prior.py --mode views --out assets/priors/toyworld-zero123 --minutes 45 --threads 1
+    python scripts/train_toyworld_prior.py --out threed/priors/toyworld --minutes 75 --threads 1 --seed 0
+    python scripts/train_toyworld_prior.py --mode views --out threed/priors/toyworld-zero123 --minutes 45 --threads 1
 
 ``--mode text`` (default) trains the text-to-image prior (threed/toyworld/train.py); ``--mode views`` the
 view-conditioned image-to-3D prior, a tiny Zero-1-to-3 (threed/toyworld/train_views.py).

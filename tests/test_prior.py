@@ -64,7 +64,7 @@ def test_toy_layout_loads_through_the_same_code(tiny_toy_dir):
 
 def test_toyworld_short_name_maps_to_the_package_folder(tmp_path, monkeypatch, tiny_toy_dir):
     monkeypatch.setattr(prior_mod, "PACKAGE_ROOT", tmp_path)
-    expected = tmp_path / "assets" / "priors" / "toyworld"
+    expected = tmp_path / "priors" / "toyworld"
     with pytest.raises(ThreedError, match="toyworld") as err:
         load_prior("toyworld", "cpu")
     assert str(expected) in str(err.value)

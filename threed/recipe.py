@@ -1,6 +1,6 @@
 """Recipes: a YAML list of stages run in order in one run directory, then exported.
 
-``configs/<name>.yaml`` holds the shipped recipes. Top-level keys (``prompt``, ``model``, ``seed``,
+``threed/recipes/<name>.yaml`` holds the shipped recipes. Top-level keys (``prompt``, ``model``, ``seed``,
 ``device``, ``max_steps``, ...) are shared by the stages. A run directory keeps the fully resolved
 ``config.yaml``, every stage's checkpoints and validation images, and ``export/``; running the same
 directory again continues where it stopped (``threed generate --resume RUN_DIR``).
@@ -26,7 +26,8 @@ from threed.export.formats import write_bytes_atomic
 from threed.export.pipeline import ExportConfig, export_run
 from threed.stage import RunContext, Stage, StageConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "recipes"
+"""The shipped recipes (package data: they travel in the wheel)."""
 
 
 @dataclass

@@ -26,7 +26,7 @@ def make_stage_guidance(cfg: ScoreConfig, model: str | None, prompt: PromptConfi
 
         if view is None:
             raise ThreedError("a zero123 guidance needs the stage's reference view: add a `reference:` section to "
-                              "the stage (see configs/zero123.yaml)")
+                              "the stage (see threed/recipes/zero123.yaml)")
         name = cfg.model or ctx.image_model
         if not name:
             raise ThreedError("zero123 guidance needs a view-conditioned model: set image_model=<hub id or folder> "

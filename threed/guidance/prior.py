@@ -45,10 +45,10 @@ log = logging.getLogger(__name__)
 
 Weighting = Literal["sds", "uniform", "fantasia", "ism"]
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-"""The folder holding the ``threed`` package (the repository root in a source checkout)."""
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+"""The ``threed`` package folder: the embedded priors ship inside it as package data (``threed/priors/``)."""
 
-PRIOR_ALIASES: dict[str, str] = {"toyworld": "assets/priors/toyworld"}
+PRIOR_ALIASES: dict[str, str] = {"toyworld": "priors/toyworld"}
 """Short model names -> folders relative to :data:`PACKAGE_ROOT`."""
 
 REQUIRED_COMPONENTS = ("unet", "scheduler", "text_encoder", "tokenizer")
@@ -550,8 +550,8 @@ def resolve_model(model: str, aliases: dict[str, str] | None = None,
         folder = PACKAGE_ROOT / aliases[model]
         if not (folder / "model_index.json").is_file():
             raise ThreedError(f"the embedded {model!r} prior was looked for at {folder} and is missing; it ships "
-                              "with a source checkout of threed (assets/priors/), so reinstall from the repository "
-                              "or train it again with the toy-world training script")
+                              "inside the threed package (threed/priors/), so reinstall threed "
+                              "or train it again with scripts/train_toyworld_prior.py")
         return folder
     path = Path(model).expanduser()
     if path.exists():

@@ -61,7 +61,7 @@ from threed.reference.image import ReferenceImage, ReferenceViewConfig
 
 PoseConvention = Literal["zero123", "stable-zero123"]
 
-VIEW_PRIOR_ALIASES: dict[str, str] = {"toyworld": "assets/priors/toyworld-zero123"}
+VIEW_PRIOR_ALIASES: dict[str, str] = {"toyworld": "priors/toyworld-zero123"}
 """Short names of view-conditioned priors -> folders relative to the package root."""
 
 PROJECTION_NAMES = ("cc_projection", "clip_camera_projection")
