@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from threed.errors import ThreedError  # noqa: E402
-from threed.export.formats import write_bytes_atomic  # noqa: E402
+from threed.files import write_bytes_atomic  # noqa: E402
 from threed.export.video import write_grid  # noqa: E402
 from threed.recipe import load_recipe, load_run_config, run_recipe, slugify  # noqa: E402
 from threed.toyworld.scenes import COLOURS, SHAPES, parse_prompt  # noqa: E402

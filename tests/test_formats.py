@@ -10,7 +10,8 @@ import trimesh
 from PIL import Image
 
 from threed.errors import ThreedError
-from threed.export.formats import atomic_path, export_all, write_mesh
+from threed.export.formats import export_all, write_mesh
+from threed.files import atomic_path
 
 
 @pytest.fixture

@@ -1,12 +1,11 @@
 """Typed checkpoints: how a stage saves itself, resumes, and hands its geometry to the next stage.
 
-A checkpoint file is written atomically (temporary name, then ``os.replace``), so the last good
+A checkpoint file is written atomically (:mod:`threed.files`), so the last good
 checkpoint survives a crash, a NaN, or Ctrl-C in the middle of a save.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from threed.errors import ThreedError
+from threed.files import save_torch_atomic
 
 FORMAT_VERSION = 1
 
@@ -48,11 +48,7 @@ class Checkpoint:
         return self.step >= self.total_steps
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(asdict(self), tmp)
-        os.replace(tmp, path)
+        save_torch_atomic(asdict(self), path)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "Checkpoint":

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from threed.export.formats import write_bytes_atomic
+from threed.files import write_bytes_atomic
 
 PROGRESS_FILE = "progress.json"
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from threed.checkpoint import Checkpoint
 from threed.config import build, parse_overrides, to_dict
 from threed.errors import ThreedError
-from threed.export.formats import write_bytes_atomic
+from threed.files import write_bytes_atomic
 from threed.export.pipeline import ExportConfig, export_run
 from threed.stage import RunContext, Stage, StageConfig
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from threed.app.runs import JOB_FILE, LOG_FILE, RunState
 from threed.errors import ThreedError
-from threed.export.formats import write_bytes_atomic
+from threed.files import write_bytes_atomic
 
 CANCEL_GRACE_S = 30.0
 """Seconds a job may take to stop after SIGINT (it finishes its step) before it is terminated."""

@@ -19,7 +19,7 @@ from typing import Literal
 import yaml
 
 from threed.errors import ThreedError
-from threed.export.formats import atomic_path
+from threed.files import atomic_path
 from threed.progress import StageProgress
 from threed.recipe import slugify
 

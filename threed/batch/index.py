@@ -110,7 +110,7 @@ class BatchIndex:
 
     def save(self, ids: list[str] | None = None) -> None:
         """Write the index atomically; ``ids`` (this run's jobs) come first and are the ones counted."""
-        from threed.export.formats import write_bytes_atomic
+        from threed.files import write_bytes_atomic
 
         order = list(ids or []) + [i for i in self.entries if i not in set(ids or [])]
         data = {**self.settings, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "counts": self.counts(ids),

@@ -15,17 +15,16 @@ material, the PNG embedded) and OBJ (``map_Kd`` in a matte MTL, the PNG beside i
 texture, so it gets the texture sampled at each vertex.
 
 Every file is written to a temporary name in its destination folder and moved into place with
-``os.replace``, so an interrupted export leaves the previous file (or none), never a truncated one.
+``os.replace`` (:mod:`threed.files`), so an interrupted export leaves the previous file (or none), never a
+truncated one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import secrets
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import trimesh
 import trimesh.exchange.gltf
@@ -33,6 +32,7 @@ import trimesh.exchange.obj
 import trimesh.exchange.ply
 
 from threed.errors import ThreedError
+from threed.files import write_bytes_atomic
 
 MeshFormat = Literal["glb", "obj", "ply"]
 FORMATS: tuple[MeshFormat, ...] = ("glb", "obj", "ply")
@@ -72,36 +72,6 @@ def _matte_mtl(mtl: str) -> str:
         out.append(_MTL.format(comment="baked albedo; the diffuse colour is the texture", name=name[1].strip(),
                                texture=f"map_Kd {texture[1].strip()}\n") if name and texture else block)
     return "".join(out)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (same suffix); on success it replaces ``path``, on error it goes.
-
-    The suffix is kept because some writers (ffmpeg, Pillow) choose the container from it. The temporary
-    name starts with a dot so file browsers hide it while it is being written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}"
-    # O_EXCL: never clobber another writer's file; mode 0o666 so the umask applies as for any new file.
-    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` atomically (flushed to disk before the rename)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-    return path
 
 
 def _obj_files(mesh: trimesh.Trimesh, mtl_name: str) -> tuple[str, dict[str, bytes]]:

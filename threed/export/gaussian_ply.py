@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from threed.errors import ThreedError
-from threed.export.formats import write_bytes_atomic
+from threed.files import write_bytes_atomic
 from threed.geometry.gaussians import Gaussians
 
 SH_C0 = 0.28209479177387814

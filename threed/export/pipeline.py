@@ -30,13 +30,14 @@ import trimesh
 from threed.cameras import Cameras
 from threed.checkpoint import Checkpoint
 from threed.errors import ThreedError
-from threed.export.formats import FORMATS, MeshFormat, write_bytes_atomic, write_mesh
+from threed.export.formats import FORMATS, MeshFormat, write_mesh
 from threed.export.gaussian_ply import write_gaussians_ply
 from threed.export.isosurface import clean_mesh, color_vertices, extract_mesh
 from threed.export.meshops import UnitBoxTransform, decimate, normalize_to_unit_box, unit_box_transform
 from threed.export.texture import bake_albedo
 from threed.export.video import write_turntable
 from threed.export.views import AssetRenderer, side_by_side, view_cameras, write_contact_sheet
+from threed.files import write_bytes_atomic
 from threed.render.output import RenderOut
 from threed.render.shading import Shading
 

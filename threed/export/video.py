@@ -4,7 +4,7 @@ A turntable is ``n_frames`` orbit cameras at one elevation, starting at azimuth 
 and turning with increasing azimuth (the camera moves toward +X), one full circle without repeating the
 first frame, so the video loops seamlessly. It is written as H.264 MP4 through imageio-ffmpeg; where no
 ffmpeg binary can be found it falls back to an animated GIF next to the requested path (same name, ``.gif``)
-and logs a warning. Files are written atomically (see :func:`threed.export.formats.atomic_path`).
+and logs a warning. Files are written atomically (see :func:`threed.files.atomic_path`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 from threed.cameras import Cameras
-from threed.export.formats import atomic_path
+from threed.files import atomic_path
 from threed.render.output import RenderOut
 
 log = logging.getLogger(__name__)

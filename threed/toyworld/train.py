@@ -21,9 +21,7 @@ transformers ``CLIPTextModel`` trained jointly from scratch on a word-level toke
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from torch import Tensor
 from threed.cameras import Cameras, CameraSampler, CameraSamplerConfig
 from threed.config import to_dict
 from threed.errors import ThreedError
+from threed.files import atomic_folder, save_torch_atomic
 from threed.toyworld.raycast import render
 from threed.toyworld.scenes import COLOURS, SHAPES, VIEW_LABELS, Scene, catalogue, parse_prompt, view_caption
 
@@ -425,12 +424,9 @@ def train(cfg: ToyworldTrainConfig, out: str | Path, resume: bool = False, log=p
         return elapsed_before + time.time() - t_start
 
     def save_ckpt() -> None:
-        _ckpt_dir(out).mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+        save_torch_atomic({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
                     "optimizer": opt.state_dict(), "ema": ema.shadow, "generator": gen.get_state(), "step": step,
-                    "elapsed": elapsed(), "history": history, "config": to_dict(cfg)}, tmp)
-        os.replace(tmp, ckpt)
+                    "elapsed": elapsed(), "history": history, "config": to_dict(cfg)}, ckpt)
 
     unet.train()
     text_encoder.train()
@@ -502,21 +498,15 @@ def save_prior(out: Path, unet, text_encoder, tokenizer, scheduler) -> None:
     """Write the diffusers component layout (replacing ``out`` atomically-ish via a sibling folder)."""
     import diffusers
 
-    tmp = out.parent / f"{out.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    unet.save_pretrained(tmp / "unet", safe_serialization=True)
-    text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
-    tokenizer.save_pretrained(tmp / "tokenizer")
-    scheduler.save_pretrained(tmp / "scheduler")
-    index = {"_class_name": "ToyworldPixelPipeline", "_diffusers_version": diffusers.__version__,
-             "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-             "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "unet": ["diffusers", "UNet2DConditionModel"]}
-    (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_folder(out) as tmp:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        scheduler.save_pretrained(tmp / "scheduler")
+        index = {"_class_name": "ToyworldPixelPipeline", "_diffusers_version": diffusers.__version__,
+                 "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+                 "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "unet": ["diffusers", "UNet2DConditionModel"]}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 @torch.no_grad()

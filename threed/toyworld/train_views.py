@@ -31,8 +31,6 @@ objective and same entry point as the text prior (``scripts/train_toyworld_prior
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -46,6 +44,7 @@ from torch import Tensor
 from threed.cameras import Cameras, CameraSampler, CameraSamplerConfig
 from threed.config import to_dict
 from threed.errors import ThreedError
+from threed.files import atomic_folder, save_torch_atomic
 from threed.guidance.zero123 import PixelViewPrior, clip_pixels, clip_preprocessing, relative_pose, save_projection
 from threed.reference.image import frame_object
 from threed.toyworld.raycast import render
@@ -248,13 +247,10 @@ def train_views(cfg: ViewTrainConfig, out: str | Path, resume: bool = False, log
         return elapsed_before + time.time() - t_start
 
     def save_ckpt() -> None:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save({"unet": unet.state_dict(), "projection": projection.state_dict(),
+        save_torch_atomic({"unet": unet.state_dict(), "projection": projection.state_dict(),
                     "image_encoder": encoder.state_dict(), "optimizer": opt.state_dict(),
                     "ema": ema.shadow, "generator": gen.get_state(), "step": step, "elapsed": elapsed(),
-                    "history": history, "config": to_dict(cfg)}, tmp)
-        os.replace(tmp, ckpt)
+                    "history": history, "config": to_dict(cfg)}, ckpt)
 
     unet.train()
     encoder.train()
@@ -322,23 +318,17 @@ def save_view_prior(out: Path, unet, projection: torch.nn.Linear, scheduler, enc
     ``model_index.json`` (via a sibling folder, so a failed write leaves the previous prior whole)."""
     import diffusers
 
-    tmp = out.parent / f"{out.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    unet.save_pretrained(tmp / "unet", safe_serialization=True)
-    scheduler.save_pretrained(tmp / "scheduler")
-    save_projection(projection, tmp / "cc_projection")
-    encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
-    processor.save_pretrained(tmp / "feature_extractor")
-    index = {"_class_name": "ToyworldZero123", "_diffusers_version": diffusers.__version__,
-             "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
-             "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-             "feature_extractor": ["transformers", "CLIPImageProcessor"], "cc_projection": ["threed", "CCProjection"]}
-    (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_folder(out) as tmp:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        scheduler.save_pretrained(tmp / "scheduler")
+        save_projection(projection, tmp / "cc_projection")
+        encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
+        processor.save_pretrained(tmp / "feature_extractor")
+        index = {"_class_name": "ToyworldZero123", "_diffusers_version": diffusers.__version__,
+                 "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
+                 "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+                 "feature_extractor": ["transformers", "CLIPImageProcessor"], "cc_projection": ["threed", "CCProjection"]}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def reference_view(caption: str, resolution: int, elevation: float = 0.0, distance: float = 2.75,
