@@ -147,13 +147,13 @@ def bench_export(recipe: str, overrides: list[str], resolution: int, texture_siz
     import statistics
     from dataclasses import replace
 
-    from threed.export.pipeline import build_assets, scene_from_checkpoint, write_assets
+    from threed.export.pipeline import build_assets, write_assets
     from threed.recipe import last_checkpoint, load_run_config
     from threed.scene import Scene
 
     if run_dir is not None:
         cfg = load_run_config(Path(run_dir))
-        scene = scene_from_checkpoint(cfg, last_checkpoint(Path(run_dir), cfg), device)
+        scene = Scene.from_checkpoint(last_checkpoint(Path(run_dir), cfg), device)
         source = f"checkpoint of {run_dir}"
     else:
         cfg = load_recipe(recipe, overrides, prompt="a red cube")

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from threed.app.jobs import JobQueue
-from threed.app.request import JobRequest, image_to_3d_available
+from threed.app.request import JobRequest
 from threed.app.runs import run_dir, view_run
 from threed.app.server import App
 from threed.errors import ThreedError
@@ -212,10 +212,7 @@ def test_form_checks_before_queueing(tmp_path):
     rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[4:12, 4:12] = (200, 30, 30, 255)
     Image.fromarray(rgba).save(cutout)
-    if not image_to_3d_available():
-        with pytest.raises(ThreedError, match="image-to-3D is not available yet"):
-            JobRequest(image=cutout).validate()
-    else:  # a photo sent with a text recipe would be ignored: the page says which recipes take it
-        with pytest.raises(ThreedError, match="quickstart-image"):
-            JobRequest(image=cutout, recipe="quickstart").validate()
-        assert JobRequest(image=cutout, recipe="quickstart-image").validate().stages[0].reference is not None
+    # a photo sent with a text recipe would be ignored: the page says which recipes take it
+    with pytest.raises(ThreedError, match="quickstart-image"):
+        JobRequest(image=cutout, recipe="quickstart").validate()
+    assert JobRequest(image=cutout, recipe="quickstart-image").validate().stages[0].reference is not None

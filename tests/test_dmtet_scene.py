@@ -9,7 +9,7 @@ from threed.errors import ThreedError
 from threed.geometry.dmtet import DMTet
 from threed.render.raster import MeshRenderer
 from threed.scene import DMTetSceneConfig, NeRFSceneConfig, OptimizerConfig, Scene
-from threed.stage import StageConfig
+from threed.stage import StageConfig, hand_off_level
 
 ENCODING = {"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 4, "max_resolution": 64}
 
@@ -54,7 +54,7 @@ def test_hand_off_from_nerf_matches_its_silhouettes():
     torch.manual_seed(0)
     nerf = nerf_scene()
     dmtet = dmtet_scene()
-    info = dmtet.init_from(nerf)
+    info = dmtet.init_from(nerf, hand_off_level(dmtet, nerf))
     assert info["albedo"] == "copied" and info["level"] > 0
     cams = Cameras.orbit([15.0, 15.0, 15.0, 60.0], [0.0, 90.0, 200.0, 300.0], 2.75, 40.0, 40)
     with torch.no_grad():
@@ -71,7 +71,7 @@ def test_hand_off_fits_albedo_when_the_fields_differ():
     torch.manual_seed(0)
     nerf = nerf_scene()
     dmtet = dmtet_scene(hidden_dim=8)
-    info = dmtet.init_from(nerf)
+    info = dmtet.init_from(nerf, hand_off_level(dmtet, nerf))
     assert info["albedo"] == "fitted"
     surface = dmtet.mesh().vertices.detach()
     error = (dmtet.geometry.albedo(surface) - nerf.geometry.albedo(surface)).abs().mean()
@@ -85,7 +85,7 @@ def test_scene_kind_mismatches_are_reported():
     with pytest.raises(ThreedError, match="no explicit mesh"):
         nerf.mesh()
     with pytest.raises(ThreedError, match="nerf -> dmtet"):
-        nerf.init_from(dmtet)
+        nerf.init_from(dmtet, hand_off_level(nerf, dmtet))
 
 
 def test_a_dmtet_stage_trains_checkpoints_and_resumes(tiny_toy_dir, tmp_path):
@@ -107,5 +107,5 @@ def test_a_dmtet_stage_trains_checkpoints_and_resumes(tiny_toy_dir, tmp_path):
     assert ckpt.step == 3 and ckpt.scene_kind == "dmtet"
     sdf = Checkpoint.load(stage.checkpoint_path).scene["renderer.geometry.sdf_param"]
     assert torch.isfinite(sdf).all() and not torch.equal(sdf, start)
-    assert (stage.dir / "val" / "step-000003.png").is_file()
+    assert stage.dir.val_image(3).is_file()
     assert stage.run().step == 3

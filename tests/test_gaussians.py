@@ -11,7 +11,7 @@ from threed.export.gaussian_ply import load_gaussians_ply, read_gaussians_ply, w
 from threed.export.isosurface import extract_mesh
 from threed.geometry.gaussians import DensifyConfig, Gaussians, GaussiansConfig
 from threed.scene import DMTetSceneConfig, GaussianSceneConfig, NeRFSceneConfig, OptimizerConfig, Scene
-from threed.stage import RunContext, Stage, StageConfig
+from threed.stage import RunContext, Stage, StageConfig, hand_off_level
 
 ENCODING = {"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 4, "max_resolution": 64}
 
@@ -161,7 +161,7 @@ def test_hand_offs_nerf_to_gaussians_and_gaussians_to_dmtet():
     torch.manual_seed(0)
     nerf = Scene(build(NeRFSceneConfig, {"geometry": {"encoding": ENCODING, "hidden_dim": 16}})).eval()
     gauss = Scene(build(GaussianSceneConfig, {"geometry": {"count": 600}})).eval()
-    info = gauss.init_from(nerf)
+    info = gauss.init_from(nerf, hand_off_level(gauss, nerf))
     assert info["count"] == 600 and info["level"] > 0
     assert bool((nerf.density(gauss.geometry.positions.detach()) > info["level"] * 0.5).float().mean() > 0.9)
     torch.testing.assert_close(gauss.geometry.colors, nerf.albedo(gauss.geometry.positions).detach(),
@@ -169,11 +169,11 @@ def test_hand_offs_nerf_to_gaussians_and_gaussians_to_dmtet():
     cams = Cameras.orbit([15.0, 15.0, 60.0], [0.0, 120.0, 240.0], 2.75, 40.0, 32)
     dmtet = Scene(build(DMTetSceneConfig, {"geometry": {"resolution": 16, "encoding": ENCODING, "hidden_dim": 16},
                                            "init_resolution": 32}))
-    info = dmtet.init_from(gauss)
+    info = dmtet.init_from(gauss, hand_off_level(dmtet, gauss))
     assert info["albedo"] == "fitted"
     with torch.no_grad():
         a = gauss.render_eval(cams).opacity[..., 0] > 0.5
         b = dmtet.render_eval(cams).opacity[..., 0] > 0.5
     assert float((a & b).sum() / (a | b).sum()) > 0.8
     with pytest.raises(ThreedError, match="nerf -> gaussian"):
-        gauss.init_from(dmtet)
+        gauss.init_from(dmtet, hand_off_level(gauss, dmtet))

@@ -253,7 +253,8 @@ def test_vsd_adapters_round_trip_through_a_checkpoint(toy_prior, tmp_path):
     prompts = PromptProcessor(toy_prior, "a red cube")
     vsd = VSD(VSDConfig(), toy_prior, prompts)
     _randomise_adapters(vsd, seed=3)
-    ckpt = Checkpoint(stage="coarse", step=1, total_steps=2, scene_kind="nerf", scene={}, guidance=vsd.state_dict())
+    ckpt = Checkpoint(stage="coarse", step=1, total_steps=2, scene_kind="nerf", scene={}, scene_config={},
+                      guidance=vsd.state_dict())
     ckpt.save(tmp_path / "last.pt")
     fresh = VSD(VSDConfig(), toy_prior, prompts)
     fresh.load_state_dict(Checkpoint.load(tmp_path / "last.pt").guidance)

@@ -34,8 +34,9 @@ class Checkpoint:
     """Representation (``nerf``, ...): what ``scene`` holds."""
     scene: dict[str, Any]
     """Scene state_dict (geometry, background, renderer buffers)."""
-    scene_config: dict[str, Any] = field(default_factory=dict)
-    """The scene's config as plain data, so the next stage can rebuild this scene without the recipe."""
+    scene_config: dict[str, Any]
+    """The scene's config as plain data, so the next stage (or an export) rebuilds this scene without the
+    recipe (:meth:`threed.scene.Scene.from_checkpoint`)."""
     optimizer: dict[str, Any] | None = None
     guidance: dict[str, Any] = field(default_factory=dict)
     """Trainable guidance state (e.g. VSD's LoRA adapters); empty for SDS."""
@@ -59,8 +60,9 @@ class Checkpoint:
             data = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as exc:
             raise ThreedError(f"checkpoint {path} cannot be read ({exc}); it may be truncated") from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
-            raise ThreedError(f"{path} is not a threed checkpoint of format {FORMAT_VERSION}")
+        if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION or "scene_config" not in data:
+            raise ThreedError(f"{path} is not a threed checkpoint of format {FORMAT_VERSION} (with its scene's "
+                              f"config); rerun its stage to write one")
         return cls(**data)
 
 

@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from threed.files import write_bytes_atomic
-
-PROGRESS_FILE = "progress.json"
+from threed.run import StageDir
 
 
 @dataclass
@@ -49,13 +48,13 @@ class StageProgress:
         return cls(stage=stage, index=index, step=step, total_steps=total_steps, loss=finite, it_per_s=rate,
                    eta_s=eta)
 
-    def write(self, stage_dir: Path) -> Path:
-        return write_bytes_atomic(Path(stage_dir) / PROGRESS_FILE, json.dumps(asdict(self)))
+    def write(self, stage: StageDir) -> Path:
+        return write_bytes_atomic(stage.progress, json.dumps(asdict(self)))
 
     @classmethod
-    def read(cls, stage_dir: Path) -> StageProgress | None:
+    def read(cls, stage: StageDir) -> StageProgress | None:
         """The stage's latest report, or None when it has written none (or the file is not one)."""
         try:
-            return cls(**json.loads((Path(stage_dir) / PROGRESS_FILE).read_text()))
+            return cls(**json.loads(stage.progress.read_text()))
         except (OSError, ValueError, TypeError):
             return None

@@ -23,7 +23,8 @@ from threed.checkpoint import Checkpoint
 from threed.config import build, parse_overrides, to_dict
 from threed.errors import ThreedError
 from threed.files import write_bytes_atomic
-from threed.export.pipeline import ExportConfig, export_run
+from threed.export.pipeline import ExportConfig, export_checkpoint
+from threed.run import RunLayout
 from threed.stage import RunContext, Stage, StageConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "recipes"
@@ -135,16 +136,23 @@ def default_run_dir(prompt: str, root: Path = Path("outputs")) -> Path:
     return root / f"{slugify(prompt)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def run_layout(run_dir: str | Path, cfg: RecipeConfig) -> RunLayout:
+    """The paths of the run of ``cfg`` in ``run_dir``."""
+    return RunLayout(Path(run_dir), tuple(s.name for s in cfg.stages))
+
+
 def save_config(cfg: RecipeConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    layout = RunLayout(Path(run_dir))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(layout.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
+def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+    """The resolved recipe a run directory was started with (``config.yaml``), with ``overrides`` applied."""
+    layout = RunLayout(Path(run_dir))
+    if not layout.is_run:
         raise ThreedError(f"{run_dir} is not a threed run directory (no config.yaml)")
-    return load_recipe(str(path), overrides)
+    return load_recipe(str(layout.config), overrides)
 
 
 def validate_inputs(cfg: RecipeConfig) -> None:
@@ -173,17 +181,33 @@ def run_recipe(cfg: RecipeConfig, run_dir: Path) -> dict[str, Path]:
     ckpt: Checkpoint | None = None
     for i, stage_cfg in enumerate(cfg.stages):
         ckpt = Stage(stage_cfg, ctx, i).run(init=ckpt)
-        if not ckpt.scene_config:  # written before checkpoints described their scene: the recipe knows it
-            ckpt.scene_config = to_dict(stage_cfg.scene)
-    tqdm.write(f"exporting to {run_dir / 'export'}")
-    return export_run(run_dir, cfg, ckpt, device)
+    assert ckpt is not None  # a recipe has at least one stage
+    layout = run_layout(run_dir, cfg)
+    tqdm.write(f"exporting to {layout.export.root}")
+    return export_run(cfg, layout, ckpt, device)
 
 
-def last_checkpoint(run_dir: Path, cfg: RecipeConfig) -> Checkpoint:
+def export_run(cfg: RecipeConfig, layout: RunLayout, ckpt: Checkpoint, device: torch.device,
+               export: ExportConfig | None = None, video: bool | None = None) -> dict[str, Path]:
+    """Export checkpoint ``ckpt`` of the run into its ``export/`` (``export`` defaults to the recipe's).
+
+    When ``ckpt``'s stage refined the Gaussians of an earlier stage into a mesh (DreamGaussian), those
+    Gaussians are exported beside it (``gaussians.ply``).
+    """
+    gaussians = None
+    if ckpt.scene_kind != "gaussian":
+        stage = layout.stage_named(ckpt.stage)
+        earlier = layout.stages[:stage.index] if stage is not None else layout.stages
+        source = next((s for s in reversed(earlier) if cfg.stages[s.index].scene.kind == "gaussian"
+                       and s.has_checkpoint), None)
+        gaussians = Checkpoint.load(source.checkpoint) if source is not None else None
+    return export_checkpoint(ckpt, layout.export, export or cfg.export, device, video, gaussians)
+
+
+def last_checkpoint(run_dir: str | Path, cfg: RecipeConfig) -> Checkpoint:
     """The newest checkpoint of a run: the last stage that wrote one (finished or interrupted)."""
-    for i in reversed(range(len(cfg.stages))):
-        path = Path(run_dir) / "stages" / f"{i}-{cfg.stages[i].name}" / "last.pt"
-        if path.is_file():
-            return Checkpoint.load(path)
-    raise ThreedError(f"{run_dir} has no checkpoint yet: let `threed generate` run at least "
-                      f"{cfg.stages[0].ckpt_every} steps, or resume it with --resume {run_dir}")
+    stage = run_layout(run_dir, cfg).latest_checkpoint()
+    if stage is None:
+        raise ThreedError(f"{run_dir} has no checkpoint yet: let `threed generate` run at least "
+                          f"{cfg.stages[0].ckpt_every} steps, or resume it with --resume {run_dir}")
+    return Checkpoint.load(stage.checkpoint)

@@ -223,13 +223,13 @@ class Scene(nn.Module):
         return self.geometry.mesh()
 
     @torch.no_grad()
-    def init_from(self, previous: "Scene") -> dict:
+    def init_from(self, previous: "Scene", level: float) -> dict:
         """Start this scene's geometry from another stage's scene (NeRF or Gaussians -> DMTet, NeRF -> Gaussians).
 
-        The DMTet SDF is set from the previous density's isosurface at ``init_level`` (or the automatic
-        level of mesh export: the level whose silhouettes best match the volume render), and the albedo
-        field is copied when both fields have the same shape, else fitted to the previous albedo.
-        Gaussians are drawn inside the same isosurface, coloured by the previous albedo.
+        The DMTet SDF is set from the previous density's isosurface at ``level`` (the stage passes
+        ``init_level``, or the automatic level of mesh export: the level whose silhouettes best match the
+        volume render), and the albedo field is copied when both fields have the same shape, else fitted to
+        the previous albedo. Gaussians are drawn inside the same isosurface, coloured by the previous albedo.
         The background is copied when both stages configure it alike. Returns ``{"level": ...,
         "albedo": "copied" | "fitted"}`` (DMTet) or ``{"level": ..., "count": ...}`` (Gaussians).
         """
@@ -237,13 +237,6 @@ class Scene(nn.Module):
                 and (self.cfg.kind, previous.cfg.kind) != ("gaussian", "gaussian")):
             raise ThreedError(f"a {self.cfg.kind} scene cannot start from a {previous.cfg.kind} scene; "
                               "supported: nerf -> dmtet, gaussian -> dmtet, nerf -> gaussian")
-        level = self.cfg.init_level
-        if level is None:
-            from threed.export.isosurface import extract_mesh
-
-            _, info = extract_mesh(previous.density, radius=previous.radius, resolution=self.cfg.init_resolution,
-                                   device=next(previous.parameters()).device)
-            level = info["level"]
         if isinstance(self.geometry, Gaussians):
             info = {"count": self.geometry.init_from_density(previous.density, previous.albedo, level)}
         else:

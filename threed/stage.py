@@ -19,6 +19,7 @@ from threed.cameras import CameraSampler, CameraSamplerConfig
 from threed.checkpoint import Checkpoint, capture_rng, restore_rng
 from threed.config import to_dict
 from threed.errors import ThreedError
+from threed.export.isosurface import extract_mesh
 from threed.export.video import write_grid
 from threed.guidance.factory import make_stage_guidance
 from threed.guidance.prompts import PromptConfig
@@ -33,7 +34,8 @@ from threed.progress import StageProgress
 from threed.reference.losses import ReferenceConfig, ReferenceLosses
 from threed.render.output import RenderOut
 from threed.render.shading import choose_shading
-from threed.scene import NeRFSceneConfig, OptimizerConfig, Scene, SceneConfig
+from threed.run import RunLayout
+from threed.scene import FromDensityConfig, NeRFSceneConfig, OptimizerConfig, Scene, SceneConfig
 
 
 @dataclass
@@ -113,6 +115,21 @@ def regulariser_terms(out: RenderOut) -> dict[str, torch.Tensor]:
     return terms
 
 
+def hand_off_level(scene: Scene, previous: Scene) -> float:
+    """The density level of ``previous``'s surface that ``scene`` starts on (:meth:`Scene.init_from`): the
+    configured ``init_level``, else the automatic level of mesh export (threed.export.isosurface), judged on
+    a grid of ``init_grid`` points per axis."""
+    cfg = scene.cfg
+    if not isinstance(cfg, FromDensityConfig) or not previous.has_density:
+        raise ThreedError(f"a {cfg.kind} scene cannot start from a {previous.cfg.kind} scene; "
+                          "supported: nerf -> dmtet, gaussian -> dmtet, nerf -> gaussian")
+    if cfg.init_level is not None:
+        return cfg.init_level
+    _, info = extract_mesh(previous.density, radius=previous.radius, resolution=cfg.init_resolution,
+                           device=next(previous.parameters()).device)
+    return float(info["level"])
+
+
 @dataclass
 class Training:
     """The mutable state of a stage being optimised (apart from its config)."""
@@ -139,13 +156,14 @@ class Stage:
         self.cfg = cfg
         self.ctx = ctx
         self.index = index
-        self.dir = ctx.run_dir / "stages" / f"{index}-{cfg.name}"
+        self.dir = RunLayout(ctx.run_dir).stage(index, cfg.name)
+        """The stage's folder: checkpoint, progress, validation grids."""
         self.total_steps = cfg.steps if ctx.max_steps is None else min(cfg.steps, ctx.max_steps)
         self.sampler = CameraSampler(cfg.cameras)
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.dir / "last.pt"
+        return self.dir.checkpoint
 
     def setup(self, init: Checkpoint | None = None) -> tuple["Training", Checkpoint | None]:
         """Build the scene, prior, guidance and optimiser; load the stage's own checkpoint if it has one.
@@ -263,11 +281,8 @@ class Stage:
                                   f"their geometry settings differ (missing {missing[:3]}, unexpected "
                                   f"{unexpected[:3]}); keep the grid/encoding settings equal across same-kind stages")
             return
-        if not init.scene_config:
-            raise ThreedError(f"stage {self.cfg.name!r} ({scene.cfg.kind}) cannot start from the {init.scene_kind} "
-                              f"checkpoint of stage {init.stage!r}: it predates typed hand-offs (no scene_config)")
         previous = Scene.from_checkpoint(init, self.ctx.device)
-        info = scene.init_from(previous)
+        info = scene.init_from(previous, hand_off_level(scene, previous))
         tqdm.write(f"stage {self.index} {self.cfg.name}: started from the {init.scene_kind} of stage "
                    f"{init.stage!r} ({', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in info.items())})")
 
@@ -296,6 +311,6 @@ class Stage:
             rows.insert(1, scene.render_eval(cams, "textureless").rgb)
         except ValueError:  # a renderer without normals
             pass
-        path = self.dir / "val" / f"step-{step:06d}.png"
+        path = self.dir.val_image(step)
         write_grid(torch.cat(rows).cpu().numpy(), path, ncols=self.cfg.val_views)
         return path

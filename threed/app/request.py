@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from threed.commands import Generate
 from threed.errors import ThreedError
 from threed.recipe import RecipeConfig, load_recipe
 
@@ -71,26 +72,26 @@ class JobRequest:
                 raise ThreedError(f"set {item.split('=', 1)[0]!r} with the form, not as an override")
         if self.image is not None:
             check_image(self.image, self.mask)
-            if not image_to_3d_available():
-                raise ThreedError("image-to-3D is not available yet in this version of threed; "
-                                  "describe the object in the prompt instead")
         cfg = load_recipe(self.recipe, self.recipe_overrides(), prompt=self.prompt.strip() or None)
         if self.image is not None and all(s.reference is None for s in cfg.stages):
             raise ThreedError(f"the recipe {self.recipe!r} is text-to-3D and would ignore the photo: choose an "
                               "image-to-3D recipe (quickstart-image, zero123 or magic123)")
         return cfg
 
+    def generate(self, out: Path) -> Generate:
+        """The ``threed generate`` request that runs this form into run folder ``out``."""
+        return Generate.request(self.prompt.strip(), self.recipe_overrides(), recipe=self.recipe, out=str(out),
+                                image=str(self.image) if self.image is not None else None,
+                                mask=str(self.mask) if self.mask is not None else None)
+
     def command(self, out: Path) -> list[str]:
         """``threed`` arguments that run this request into run folder ``out``."""
-        args = ["generate", self.prompt.strip(), "--recipe", self.recipe, "--out", str(out)]
-        if self.image is not None:
-            args += ["--image", str(self.image)] + (["--mask", str(self.mask)] if self.mask else [])
-        return args + self.recipe_overrides()
+        return self.generate(out).argv()
 
 
 def resume_command(run: Path) -> list[str]:
     """``threed`` arguments that continue an interrupted run folder."""
-    return ["generate", "--resume", str(run)]
+    return Generate.resuming(str(run)).argv()
 
 
 def check_image(image: Path, mask: Path | None) -> None:
@@ -106,11 +107,3 @@ def check_image(image: Path, mask: Path | None) -> None:
     if not transparent and mask is None:
         raise ThreedError("the image has no transparent background (no alpha channel) and no mask was given: "
                           "upload a PNG with the background removed, or add a mask (white = object)")
-
-
-def image_to_3d_available() -> bool:
-    """Whether ``threed generate`` takes ``--image`` (image-to-3D) in this installation."""
-    from threed.cli import build_parser
-
-    generate = build_parser()._subparsers._group_actions[0].choices["generate"]  # type: ignore[union-attr]
-    return any("--image" in a.option_strings for a in generate._actions)

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from threed.errors import ThreedError
 from threed.files import atomic_path
 from threed.progress import StageProgress
-from threed.recipe import slugify
+from threed.recipe import load_run_config, run_layout, slugify
+from threed.run import RunLayout
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """A run's folder name: letters, digits, ``.``, ``_``, ``-``; not starting with a dot (no ``..``)."""
@@ -42,7 +41,7 @@ def run_dir(root: Path, name: str, must_exist: bool = True) -> Path:
     path = (root / name).resolve()
     if path.parent != root:
         raise ThreedError(f"run {name!r} is outside the output folder {root}")
-    if must_exist and not (path / "config.yaml").is_file():
+    if must_exist and not RunLayout(path).is_run:
         raise ThreedError(f"there is no run {name!r} in {root}")
     return path
 
@@ -62,9 +61,9 @@ def list_runs(root: Path) -> list[str]:
     root = Path(root).resolve()
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir() if RUN_NAME.fullmatch(p.name) and p.resolve().parent == root
-            and (p / "config.yaml").is_file()]
-    return [p.name for p in sorted(runs, key=lambda p: (p / "config.yaml").stat().st_mtime, reverse=True)]
+    runs = [RunLayout(p) for p in root.iterdir() if RUN_NAME.fullmatch(p.name) and p.resolve().parent == root]
+    runs = [r for r in runs if r.is_run]
+    return [r.root.name for r in sorted(runs, key=lambda r: r.config.stat().st_mtime, reverse=True)]
 
 
 @dataclass
@@ -107,22 +106,22 @@ class RunView:
 def view_run(path: Path) -> RunView:
     """Read run folder ``path`` (already checked by :func:`run_dir`) into a :class:`RunView`."""
     try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        cfg = {}
-    stages = [str(s.get("name", i)) for i, s in enumerate(cfg.get("stages") or [])]
-    view = RunView(path=path, prompt=str(cfg.get("prompt") or ""), stages=stages, job=read_job(path))
-    for i in reversed(range(len(stages))):
-        stage = path / "stages" / f"{i}-{stages[i]}"
+        cfg = load_run_config(path)
+    except ThreedError:  # a config this version cannot read: list the run, show what the folder holds
+        cfg = None
+    layout = run_layout(path, cfg) if cfg is not None else RunLayout(path)
+    view = RunView(path=path, prompt=cfg.prompt if cfg is not None else "", stages=list(layout.stage_names),
+                   job=read_job(path))
+    for stage in reversed(layout.stages):
         view.progress = view.progress or StageProgress.read(stage)
-        grids = sorted((stage / "val").glob("step-*.png"))
+        grids = stage.val_images()
         view.preview = view.preview or (grids[-1] if grids else None)
-    export = path / "export"
+    export = layout.export
     for kind in ("glb", "ply", "obj"):
-        if (export / f"model.{kind}").is_file():
-            setattr(view, kind, export / f"model.{kind}")
-    view.video = next((p for p in (export / "turntable.mp4", export / "turntable.gif") if p.is_file()), None)
-    view.views = export / "views.png" if (export / "views.png").is_file() else None
+        if export.model(kind).is_file():
+            setattr(view, kind, export.model(kind))
+    view.video = export.turntable_written()
+    view.views = export.views if export.views.is_file() else None
     return view
 
 
@@ -136,13 +135,13 @@ def read_job(path: Path) -> dict:
 
 def obj_zip(path: Path) -> Path | None:
     """``export/model-obj.zip``: the OBJ with its material and textures, one download (rebuilt when stale)."""
-    export = path / "export"
-    obj = export / "model.obj"
+    export = RunLayout(path).export
+    obj = export.model("obj")
     if not obj.is_file():
         return None
-    members = [obj] + [p for p in sorted(export.iterdir()) if p.name.startswith("model") and
+    members = [obj] + [p for p in sorted(export.root.iterdir()) if p.name.startswith("model") and
                        (p.suffix == ".mtl" or p.name.startswith("model_") and p.suffix == ".png")]
-    out = export / "model-obj.zip"
+    out = export.obj_zip
     if out.is_file() and out.stat().st_mtime >= max(p.stat().st_mtime for p in members):
         return out
     with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:

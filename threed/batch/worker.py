@@ -28,6 +28,7 @@ from typing import Any
 
 from threed.batch.jobs import Job
 from threed.errors import ThreedError
+from threed.run import RunLayout
 
 LOG_NAME = "batch.log"
 """Each job's output, inside its run directory."""
@@ -72,7 +73,7 @@ def _generate(task: Task) -> dict[str, Any]:
 
     run_dir = Path(task.run_dir)
     result: dict[str, Any] = {}
-    if (run_dir / "config.yaml").is_file():
+    if RunLayout(run_dir).is_run:
         cfg = load_run_config(run_dir, task.overrides)
         if (cfg.prompt, cfg.image) != (task.job.prompt, task.job.image):
             raise ThreedError(f"{run_dir} holds a run of prompt {cfg.prompt!r} (image {cfg.image}), not of "

@@ -22,7 +22,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import trimesh
@@ -40,10 +40,8 @@ from threed.export.views import AssetRenderer, side_by_side, view_cameras, write
 from threed.files import write_bytes_atomic
 from threed.render.output import RenderOut
 from threed.render.shading import Shading
-
-if TYPE_CHECKING:
-    from threed.recipe import RecipeConfig
-    from threed.scene import Scene
+from threed.run import ExportDir
+from threed.scene import Scene
 
 Format = MeshFormat
 TextureMode = Literal["uv", "vertex"]
@@ -110,21 +108,8 @@ class Assets:
     """Report for export.json: level, IoU, counts, texture coverage, seconds per phase."""
 
 
-def scene_from_checkpoint(cfg: "RecipeConfig", ckpt: Checkpoint, device: torch.device) -> "Scene":
-    """The scene of the checkpoint's stage, weights loaded, in eval mode on ``device``."""
-    from threed.scene import Scene
-
-    stage_cfg = next((s for s in cfg.stages if s.name == ckpt.stage), None)
-    if stage_cfg is None:
-        raise ThreedError(f"checkpoint of stage {ckpt.stage!r} matches no stage of the run's config.yaml")
-    scene = Scene(stage_cfg.scene).to(device)
-    scene.load_state_dict(ckpt.scene)
-    scene.eval()
-    return scene
-
-
 @torch.no_grad()
-def surface_mesh(scene: "Scene", export: ExportConfig, device: torch.device) -> tuple[trimesh.Trimesh, dict]:
+def surface_mesh(scene: Scene, export: ExportConfig, device: torch.device) -> tuple[trimesh.Trimesh, dict]:
     """The scene's surface in world coordinates: marching cubes for a density (NeRF, Gaussians), else the mesh."""
     if scene.has_density:
         mesh, info = extract_mesh(scene.density, radius=scene.radius, resolution=export.resolution,
@@ -137,7 +122,7 @@ def surface_mesh(scene: "Scene", export: ExportConfig, device: torch.device) -> 
 
 
 @torch.no_grad()
-def build_assets(scene: "Scene", export: ExportConfig, device: torch.device) -> Assets:
+def build_assets(scene: Scene, export: ExportConfig, device: torch.device) -> Assets:
     """Surface, clean-up, decimation, colours and normalisation (see the module docstring); writes nothing."""
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -177,11 +162,11 @@ def write_assets(assets: Assets, out_dir: Path, formats: tuple[Format, ...] | li
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ThreedError(f"unknown mesh format(s) {unknown}; choose from {', '.join(FORMATS)}")
-    return {f: write_mesh(assets.colored if f == "ply" else assets.shaded, Path(out_dir) / f"{name}.{f}", f)
-            for f in formats}
+    out = ExportDir(Path(out_dir))
+    return {f: write_mesh(assets.colored if f == "ply" else assets.shaded, out.model(f, name), f) for f in formats}
 
 
-def export_scene(scene: "Scene", out_dir: Path, export: ExportConfig, device: torch.device,
+def export_scene(scene: Scene, out_dir: Path, export: ExportConfig, device: torch.device,
                  report: dict[str, Any] | None = None, video: bool | None = None) -> dict[str, Path]:
     """Export ``scene`` into ``out_dir``; returns the written files by kind.
 
@@ -190,10 +175,10 @@ def export_scene(scene: "Scene", out_dir: Path, export: ExportConfig, device: to
     merged with the assets' info and the views' PSNR) and the turntable when ``video`` (default
     ``export.video``).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = ExportDir(Path(out_dir))
+    out.root.mkdir(parents=True, exist_ok=True)
     assets = build_assets(scene, export, device)
-    files = write_assets(assets, out_dir, tuple(export.formats))
+    files = write_assets(assets, out.root, tuple(export.formats))
     info = {**(report or {}), **assets.info}
 
     def render_field(cams: Cameras, shading: Shading = "albedo") -> RenderOut:
@@ -204,39 +189,35 @@ def export_scene(scene: "Scene", out_dir: Path, export: ExportConfig, device: to
     if export.views:
         started = time.perf_counter()
         cameras = view_cameras(export.views, export.view_resolution, scene.radius)
-        info["views"] = write_contact_sheet(render_field, asset, cameras, out_dir / "views.png")
+        info["views"] = write_contact_sheet(render_field, asset, cameras, out.views)
         info["seconds"]["views"] = round(time.perf_counter() - started, 3)
-        files["views"] = out_dir / "views.png"
+        files["views"] = out.views
     if scene.cfg.kind == "gaussian":
-        files["gaussians"] = write_gaussians_ply(scene.geometry, out_dir / "gaussians.ply")
+        files["gaussians"] = write_gaussians_ply(scene.geometry, out.gaussians)
         info["gaussians"] = scene.geometry.count
-    write_bytes_atomic(out_dir / "export.json", json.dumps(info, indent=2).encode())
-    files["report"] = out_dir / "export.json"
+    write_bytes_atomic(out.report, json.dumps(info, indent=2).encode())
+    files["report"] = out.report
     if export.video if video is None else video:
         def render(cams: Cameras) -> RenderOut:
             return render_field(cams, export.video_shading)
 
         if export.video_compare:
             render = side_by_side(render, lambda cams: asset(cams, export.video_shading))
-        files["video"] = Path(write_turntable(render, out_dir / "turntable.mp4", n_frames=export.video_frames,
+        files["video"] = Path(write_turntable(render, out.turntable, n_frames=export.video_frames,
                                               resolution=export.video_resolution, device=device))
     return files
 
 
-def export_run(run_dir: Path, cfg: "RecipeConfig", ckpt: Checkpoint, device: torch.device,
-               export: ExportConfig | None = None, video: bool | None = None) -> dict[str, Path]:
-    """Export a run's checkpoint into ``run_dir/export``; returns the written files by kind."""
-    export = export or cfg.export
-    scene = scene_from_checkpoint(cfg, ckpt, device)
+def export_checkpoint(ckpt: Checkpoint, out: ExportDir, export: ExportConfig, device: torch.device,
+                      video: bool | None = None, gaussians: Checkpoint | None = None) -> dict[str, Path]:
+    """Export the scene of a stage's checkpoint into ``out``; returns the written files by kind.
+
+    ``gaussians``: the checkpoint of an earlier Gaussian stage that ``ckpt``'s mesh was refined from
+    (DreamGaussian); its Gaussians are written beside the mesh as ``gaussians.ply``.
+    """
+    scene = Scene.from_checkpoint(ckpt, device)
     report = {"stage": ckpt.stage, "step": ckpt.step, "total_steps": ckpt.total_steps}
-    files = export_scene(scene, Path(run_dir) / "export", export, device, report, video)
-    if "gaussians" not in files:  # a Gaussian stage refined into a mesh (DreamGaussian): its PLY goes beside it
-        names = [s.name for s in cfg.stages]
-        index = names.index(ckpt.stage) if ckpt.stage in names else len(names)
-        for i in reversed(range(index)):
-            path = Path(run_dir) / "stages" / f"{i}-{names[i]}" / "last.pt"
-            if cfg.stages[i].scene.kind == "gaussian" and path.is_file():
-                gaussians = scene_from_checkpoint(cfg, Checkpoint.load(path), device).geometry
-                files["gaussians"] = write_gaussians_ply(gaussians, Path(run_dir) / "export" / "gaussians.ply")
-                break
+    files = export_scene(scene, out.root, export, device, report, video)
+    if "gaussians" not in files and gaussians is not None:
+        files["gaussians"] = write_gaussians_ply(Scene.from_checkpoint(gaussians, device).geometry, out.gaussians)
     return files
