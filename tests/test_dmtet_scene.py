@@ -98,7 +98,7 @@ def test_a_dmtet_stage_trains_checkpoints_and_resumes(tiny_toy_dir, tmp_path):
         "ckpt_every": 3,
         "scene": {"kind": "dmtet", "geometry": {"resolution": 12, "encoding": ENCODING, "hidden_dim": 16},
                   "background": {"kind": "random"}},
-        "cameras": {"batch_size": 2}})
+        "cameras": {"batch_size": 2}, "loss": {"orient": 0.0}})
     ctx = RunContext(prompt="a red cube", model=str(tiny_toy_dir), device=torch.device("cpu"), seed=0,
                      max_steps=None, run_dir=tmp_path)
     stage = Stage(cfg, ctx, 1)

@@ -101,7 +101,7 @@ def test_a_densifying_stage_resumes_exactly_with_the_densified_count(tiny_toy_di
             "name": "gs", "steps": steps, "resolution": 24, "val_every": 0, "ckpt_every": 2,
             "scene": {"kind": "gaussian", "geometry": {"count": 300, "densify": {
                 "start": 0, "stop": 6, "every": 2, "grad_threshold": 0.0, "max_count": 1000}}},
-            "cameras": {"batch_size": 2}})
+            "cameras": {"batch_size": 2}, "loss": {"orient": 0.0}})
         ctx = RunContext(prompt="a red cube", model=str(tiny_toy_dir), device=torch.device("cpu"), seed=0,
                          max_steps=None, run_dir=run_dir)
         return Stage(cfg, ctx, 0)

@@ -230,8 +230,8 @@ def test_mesh_renderer_uses_geometry_mesh_and_albedo_field():
     (out.rgb.mean() + out.depth.mean()).backward()
     assert ball.vertices.grad.abs().sum() > 0 and ball.tint.grad.abs().sum() > 0
     # a trainable surface carries its smoothness regulariser (an icosphere's faces meet at about 14 degrees)
-    assert set(out.aux) == {"normal_consistency"} and 0.01 < float(out.aux["normal_consistency"]) < 0.05
-    assert renderer.eval()(cams, "albedo").aux == {}
+    assert out.normal_consistency is not None and 0.01 < float(out.normal_consistency) < 0.05
+    assert renderer.eval()(cams, "albedo").normal_consistency is None
 
 
 def test_per_camera_vertices_and_batch_shapes():

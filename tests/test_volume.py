@@ -178,7 +178,7 @@ def test_gradients_reach_hash_table_and_mlp():
     field = NeRFField(NeRFFieldConfig(encoding=grid))
     r = renderer(field, num_samples=24).train()
     out = r(front_camera(12), "lambertian")
-    (out.rgb.mean() + out.aux["orient"]).backward()
+    (out.rgb.mean() + out.orient).backward()
     assert field.encoding.params.grad.abs().sum() > 0
     for name, p in field.mlp.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -241,7 +241,7 @@ def test_shapes_at_non_square_resolution(shading):
     out = r(cams, shading)
     assert out.rgb.shape == (2, 24, 40, 3) and out.opacity.shape == (2, 24, 40, 1)
     assert out.depth.shape == (2, 24, 40, 1) and out.normal.shape == (2, 24, 40, 3)
-    assert out.aux["orient"].shape == ()
+    assert out.orient.shape == ()
     assert out.opacity[0, 12, 20, 0] > 0.9 and out.opacity[0, 0, 0, 0] == 0  # centred, corners empty
     r.eval()
     assert r(cams).normal is None  # albedo at eval: no normals wanted
@@ -252,11 +252,11 @@ def test_orientation_loss_is_zero_when_normals_face_the_camera():
     facing = renderer(slab(3.0, 0.3, normal=lambda x: torch.tensor([0.0, 0.0, 1.0]).expand_as(x))).train()
     away = renderer(slab(3.0, 0.3, normal=lambda x: torch.tensor([0.0, 0.0, -1.0]).expand_as(x))).train()
     for shading in ("albedo", "lambertian"):
-        assert facing(cams, shading).aux["orient"] == 0
+        assert facing(cams, shading).orient == 0
         out = away(cams, shading)
         # away-facing normals: sum_i w_i (n . d)^2 ~ opacity * d_z^2, averaged over rays
-        assert out.aux["orient"] > 0.8 * out.opacity.mean()
-    assert "orient" not in facing.eval()(cams, "lambertian").aux
+        assert out.orient > 0.8 * out.opacity.mean()
+    assert facing.eval()(cams, "lambertian").orient is None
 
 
 def test_chunked_render_matches_the_full_render():

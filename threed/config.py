@@ -2,7 +2,9 @@
 
 OmegaConf reads YAML, resolves ``${...}`` interpolation and applies dotted overrides; :func:`build`
 then turns the plain data into the component's config dataclass, checking every key and value.
-An unknown key is an error that lists the valid keys; a ``Literal`` field names its choices.
+An unknown key is an error that lists the valid keys; a ``Literal`` field names its choices. A config
+class derived from :class:`Shorthand` may be written as a bare number, which sets that field
+(``orient: 0.01`` for ``orient: {weight: 0.01}``, :mod:`threed.regularizers`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from threed.errors import ThreedError
 
 T = TypeVar("T")
+
+
+class Shorthand:
+    """Base of config dataclasses that a recipe may write as one number, which sets field ``SHORTHAND``."""
+
+    SHORTHAND: ClassVar[str]
 
 
 def _where(path: str) -> str:
@@ -56,6 +64,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if issubclass(tp, Shorthand) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return build(tp, {tp.SHORTHAND: value}, path)
         return build(tp, value, path)
     if origin in (tuple, list, Sequence):
         if not isinstance(value, (list, tuple)):

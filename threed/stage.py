@@ -32,26 +32,11 @@ from threed.guidance.score import (
 from threed.profiling import PhaseTimer
 from threed.progress import StageProgress
 from threed.reference.losses import ReferenceConfig, ReferenceLosses
+from threed.regularizers import LossConfig
 from threed.render.output import RenderOut
 from threed.render.shading import choose_shading
 from threed.run import RunLayout
 from threed.scene import FromDensityConfig, NeRFSceneConfig, OptimizerConfig, Scene, SceneConfig
-
-
-@dataclass
-class LossWeights:
-    """Weights of the terms summed into a step's loss."""
-
-    guidance: float = 1.0
-    """Score-distillation term from the guidance."""
-    orient: float = 0.01
-    """DreamFusion orientation loss: penalises normals facing away from the camera."""
-    sparsity: float = 0.0
-    """Mean of sqrt(opacity^2 + 0.01): discourages fog and floaters."""
-    opaque: float = 0.0
-    """Binary entropy of opacity: pushes each pixel to fully empty or fully opaque."""
-    normal_consistency: float = 0.0
-    """Mesh stages: mean 1 - cos between neighbouring face normals; keeps a refined surface smooth."""
 
 
 @dataclass
@@ -71,7 +56,8 @@ class StageConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     cameras: CameraSamplerConfig = field(default_factory=CameraSamplerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    loss: LossWeights = field(default_factory=LossWeights)
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Weights of the guidance and of each regulariser (threed.regularizers)."""
     reference: ReferenceConfig | None = None
     """Image-to-3D: the reference view rendered every step and its losses (threed.reference.losses); None = none."""
     grad_clip: float | None = None
@@ -102,17 +88,6 @@ class RunContext:
     depth: str | None = None
     image_model: str | None = None
     """View-conditioned prior of an image-to-3D run (``zero123`` guidance)."""
-
-
-def regulariser_terms(out: RenderOut) -> dict[str, torch.Tensor]:
-    """Regularisers computed from a render (see LossWeights for each)."""
-    opacity = out.opacity.clamp(1e-5, 1 - 1e-5)
-    terms = {
-        "sparsity": (opacity.square() + 0.01).sqrt().mean(),
-        "opaque": -(opacity * opacity.log() + (1 - opacity) * (1 - opacity).log()).mean(),
-    }
-    terms.update(out.aux)
-    return terms
 
 
 def hand_off_level(scene: Scene, previous: Scene) -> float:
@@ -209,9 +184,7 @@ class Stage:
             out = tr.scene(cameras, choose_shading(cfg.scene.shading, step, tr.rng))
         with phase("guidance"):
             g = tr.guidance(out, cameras)
-        terms = {"guidance": g.loss, **regulariser_terms(out)}
-        loss = sum(getattr(cfg.loss, k) * v for k, v in terms.items()
-                   if hasattr(cfg.loss, k) and getattr(cfg.loss, k) != 0)
+        loss = cfg.loss.total(g.loss, out)
         if tr.reference is not None:  # image-to-3D: the reference camera's losses, weighted by their own config
             with phase("reference"):
                 tr.reference.update(step, self.total_steps)

@@ -3,7 +3,7 @@ Renderer, what every renderer holds."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jaxtyping import Float
@@ -21,16 +21,20 @@ class RenderOut:
 
     ``rgb`` is composited over the background, in [0, 1]. ``opacity`` is the accumulated alpha.
     ``depth`` is the expected distance along the ray (0 where empty). ``normal`` is the composited
-    world-space normal (zero where empty) when the renderer computes it. ``aux`` holds scalar
-    regulariser terms that only the renderer can compute (e.g. DreamFusion's orientation loss
-    under the key ``"orient"``); the stage weights them by name.
+    world-space normal (zero where empty) when the renderer computes it. The scalar fields are
+    regulariser terms only a renderer can compute, present in training renders of the renderers
+    that compute them (:mod:`threed.regularizers` weighs them).
     """
 
     rgb: Float[Tensor, "B H W 3"]
     opacity: Float[Tensor, "B H W 1"]
     depth: Float[Tensor, "B H W 1"]
     normal: Float[Tensor, "B H W 3"] | None = None
-    aux: dict[str, Tensor] = field(default_factory=dict)
+    orient: Float[Tensor, ""] | None = None
+    """DreamFusion's orientation term (volume renderer): opacity-weighted squared normals facing away from
+    the camera, summed along each ray and averaged over rays."""
+    normal_consistency: Float[Tensor, ""] | None = None
+    """Mean ``1 - cos`` between the normals of neighbouring faces (mesh renderer)."""
 
 
 class Renderer(nn.Module):

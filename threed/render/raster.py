@@ -491,7 +491,7 @@ class MeshRenderer(Renderer):
         out = render_mesh(mesh, cameras, self.background, shading, albedo_fn=albedo_fn,
                           ambient=self.shading.ambient, cfg=self.cfg, training=self.training)
         if self.training and mesh.vertices.requires_grad:
-            out.aux["normal_consistency"] = mesh.normal_consistency()
+            out.normal_consistency = mesh.normal_consistency()
         return out
 
     def update(self, step: int) -> None:

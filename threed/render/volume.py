@@ -110,7 +110,7 @@ class VolumeRenderer(Renderer):
 
     ``forward(cameras, shading)`` returns rgb (composited over the background), opacity, depth
     (expected distance along the ray, 0 where empty), normal (composited world normals, when
-    computed) and ``aux["orient"]`` in training. ``update(step)`` keeps the occupancy grid in sync
+    computed) and ``orient`` in training. ``update(step)`` keeps the occupancy grid in sync
     with the field.
     """
 
@@ -187,11 +187,9 @@ class VolumeRenderer(Renderer):
         bg = self.background(dirs, training=self.training)
         opacity, depth = opacity.view(B, H, W, 1), depth.view(B, H, W, 1)
         rgb = fg.view(B, H, W, 3) + (1.0 - opacity) * bg
-        aux = {}
-        if orient is not None and self.training:
-            aux["orient"] = orient.sum() / o.shape[0]
         return RenderOut(rgb=rgb, opacity=opacity, depth=depth,
-                         normal=normal.view(B, H, W, 3) if normal is not None else None, aux=aux)
+                         normal=normal.view(B, H, W, 3) if normal is not None else None,
+                         orient=orient.sum() / o.shape[0] if orient is not None and self.training else None)
 
     def _render_rays(self, o: Tensor, d: Tensor, light: Tensor, shading: Shading, need_normals: bool):
         """Foreground rgb (premultiplied), opacity, depth, normal (R x C) and per-sample orientation terms."""
