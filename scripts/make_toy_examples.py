@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from threed.toyworld.score_views import example_name
-from threed.toyworld.train_views import reference_view
+from threed.toyworld.train_card import reference_view
 
 EXAMPLES = (("a blue cube with a yellow front", 0.0), ("a blue cube with a yellow front", 25.0), ("a red cube", 0.0),
             ("a yellow cylinder", 0.0), ("a purple torus", 0.0))

@@ -19,8 +19,9 @@ import sys
 
 from threed.config import build, parse_overrides
 from threed.errors import ThreedError
-from threed.toyworld.train import ToyworldTrainConfig, refresh_samples, train
-from threed.toyworld.train_views import ViewTrainConfig, train_views
+from threed.toyworld.train import refresh_samples, train
+from threed.toyworld.train_config import ToyworldTrainConfig, ViewTrainConfig
+from threed.toyworld.train_views import train_views
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,10 @@ from threed.errors import ThreedError
 from threed.toyworld.raycast import render
 from threed.toyworld.scenes import (COLOURS, PRIMITIVES, SHAPES, VIEW_LABELS, Scene, catalogue, ground_truth,
                                     parse_prompt, sample_surface, view_caption)
-from threed.toyworld.train import (SPECIAL_TOKENS, ToyworldDataConfig, ToyworldTrainConfig, build_tokenizer,
-                                   caption_table, render_cache, tokenize, train, vocabulary)
+from threed.toyworld.train import train
+from threed.toyworld.train_config import ToyworldDataConfig, ToyworldTrainConfig
+from threed.toyworld.train_data import caption_table, render_cache, vocabulary
+from threed.toyworld.train_models import SPECIAL_TOKENS, build_tokenizer, tokenize
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -191,7 +193,7 @@ def test_loss_weights_weigh_x0_errors_by_the_clamped_snr(prediction_type):
     min(max(SNR, floor), gamma) |delta|^2: the weighting the trainers' docstrings promise."""
     from diffusers import DDPMScheduler
 
-    from threed.toyworld.train import min_snr_weight
+    from threed.toyworld.train_objective import min_snr_weight
 
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
     gen = torch.Generator().manual_seed(0)
@@ -213,3 +215,36 @@ def test_loss_weights_weigh_x0_errors_by_the_clamped_snr(prediction_type):
         if not gamma and not floor and prediction_type == "epsilon":
             assert torch.allclose(w, torch.ones_like(w))
         assert torch.allclose(got, want_w * delta.pow(2).mean(dim=(1, 2, 3)), rtol=1e-3), (floor, gamma)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_the_saved_scheduler_says_what_the_unet_learned(prediction_type, tmp_path):
+    """A short run's UNet is closer to the target its saved scheduler names than to the other one (the text
+    trainer once trained against the noise whatever ``prediction_type`` said, and ignored ``snr_floor``)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+    cfg = build(ToyworldTrainConfig, {
+        "model": {"block_out_channels": [8, 16], "norm_num_groups": 8, "attention_head_dim": 4, "text_hidden": 16,
+                  "text_heads": 2, "text_layers": 1},
+        "data": {"cache_size": 32, "resolution": 16, "supersample": 1}, "steps": 40, "batch_size": 8,
+        "lr": 3e-3, "warmup_steps": 1, "ema_decay": 0.0, "prediction_type": prediction_type, "snr_floor": 1.0,
+        "log_seconds": 1000, "sample_prompts": ["a red cube, front view"], "samples_per_prompt": 1,
+        "sample_steps": 1, "eval_bank_views": 1})
+    out = tmp_path / "prior"
+    train(cfg, out, log=lambda line: None)
+    sched = DDPMScheduler.from_pretrained(out, subfolder="scheduler")
+    unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
+    text = CLIPTextModel.from_pretrained(out, subfolder="text_encoder")
+    tok = PreTrainedTokenizerFast.from_pretrained(out, subfolder="tokenizer")
+    assert sched.config.prediction_type == prediction_type
+    gen = torch.Generator().manual_seed(5)
+    x0 = render_cache(cfg.data, catalogue(), gen, log=lambda line: None).images[:16].float() / 127.5 - 1
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(300, 1000, (16,), generator=gen)
+    with torch.no_grad():
+        pred = unet(sched.add_noise(x0, noise, t), t, text(tokenize(tok, [""] * 16)).last_hidden_state).sample
+    velocity = sched.get_velocity(x0, noise, t)
+    errors = {"epsilon": (pred - noise).pow(2).mean(), "v_prediction": (pred - velocity).pow(2).mean()}
+    other = "epsilon" if prediction_type == "v_prediction" else "v_prediction"
+    assert errors[prediction_type] < 0.85 * errors[other], errors

@@ -6,7 +6,7 @@ import torch
 from threed.errors import ThreedError
 from threed.guidance.prior import load_prior
 from threed.toyworld.scenes import COLOURS
-from threed.toyworld.train import colour_of, foreground
+from threed.toyworld.train_card import colour_of, foreground
 
 PROMPTS = ["a red cube", "a blue sphere", "a yellow torus", "a green pyramid", "a purple cylinder", "an orange cone"]
 

@@ -9,8 +9,7 @@ import torch
 from threed.cameras import Cameras
 from threed.guidance.zero123 import PixelViewPrior, load_view_prior, relative_pose
 from threed.reference.image import frame_object
-from threed.toyworld.train import colour_of, foreground
-from threed.toyworld.train_views import reference_view
+from threed.toyworld.train_card import colour_of, foreground, reference_view
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "assets" / "priors" / "toyworld-zero123"

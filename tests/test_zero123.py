@@ -219,7 +219,8 @@ def test_view_training_pairs_mirror_with_the_azimuth_change_negated():
     """Each pair is (target, framed reference, pose of target relative to reference); a mirrored pair
     negates sin(Δazimuth), since the mirror image of a view at azimuth a is the view at -a."""
     from threed.toyworld.scenes import Scene
-    from threed.toyworld.train_views import ViewDataConfig, render_views, training_pairs
+    from threed.toyworld.train_config import ViewDataConfig
+    from threed.toyworld.train_data import render_views, training_pairs
 
     cfg = ViewDataConfig(resolution=16, supersample=1, views_per_scene=2, p_overhead=0.0)
     cache = render_views(cfg, [Scene.single("cube", "blue", "yellow")], torch.Generator().manual_seed(3),
@@ -274,7 +275,8 @@ def test_tiny_view_training_run_writes_a_loadable_zero123_folder(tmp_path):
     """The view trainer writes Zero123's layout (UNet, CLIP image encoder, projection of [embedding, pose]),
     v-prediction, loadable by ``load_view_prior``; resume continues and refuses another model config."""
     from threed.config import build
-    from threed.toyworld.train_views import ViewTrainConfig, train_views
+    from threed.toyworld.train_config import ViewTrainConfig
+    from threed.toyworld.train_views import train_views
 
     cfg = build(ViewTrainConfig, {
         "model": {"block_out_channels": [8, 16, 16], "norm_num_groups": 8, "attention_head_dim": 4, "token_dim": 16,

@@ -284,8 +284,9 @@ def make_tiny_zero123(path: str | Path, seed: int = 0, projection_name: str = "c
 def make_tiny_toy_zero123(path: str | Path, seed: int = 0) -> Path:
     """The embedded toy-world view prior's layout at a tiny size (16 px: UNet, CLIP vision encoder, projection),
     written by its own trainer's saver."""
-    from threed.toyworld.train_views import ViewModelConfig, build_view_models, save_view_prior
-    from threed.toyworld.train import ToyworldTrainConfig, build_scheduler
+    from threed.toyworld.train_config import ToyworldTrainConfig, ViewModelConfig
+    from threed.toyworld.train_models import build_view_models, save_view_prior
+    from threed.toyworld.train_objective import build_scheduler
 
     path = Path(path)
     with torch.random.fork_rng():

@@ -24,7 +24,7 @@ from threed.render.output import RenderOut
 from threed.toyworld.raycast import render
 from threed.toyworld.scenes import parse_prompt
 from threed.toyworld.score import name_colour
-from threed.toyworld.train_views import reference_view
+from threed.toyworld.train_card import reference_view
 
 
 def example_name(caption: str, elevation: float = 0.0) -> str:
