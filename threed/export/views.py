@@ -28,7 +28,7 @@ from threed.cameras import Cameras
 from threed.export.video import RenderFn, write_grid
 from threed.geometry.mesh import Mesh
 from threed.render.output import RenderOut
-from threed.render.raster import antialias, interpolate, rasterize
+from threed.render.raster import RasterContexts, antialias, interpolate, rasterize
 from threed.render.shading import Shading, shade
 
 BackgroundFn = Callable[[Float[Tensor, "B H W 3"]], Float[Tensor, "B H W 3"]]
@@ -58,6 +58,7 @@ class AssetRenderer:
         self.mesh = Mesh(tensor(welded), tensor(inverse.reshape(-1)[faces], torch.long))
         self.normals = tensor(np.asarray(mesh.vertex_normals)[first])
         self.background, self.ambient = background, ambient
+        self.contexts = RasterContexts()
         self.corner_uv = self.texture = self.colors = None
         visual = mesh.visual
         if isinstance(visual, trimesh.visual.TextureVisuals) and visual.uv is not None:
@@ -87,7 +88,7 @@ class AssetRenderer:
     def __call__(self, cameras: Cameras, shading: Shading = "albedo") -> RenderOut:
         """Render ``cameras`` (``B x H x W`` outputs, as :class:`RenderOut`) with DreamFusion ``shading``."""
         cameras = cameras.to(self.device)
-        frags = rasterize(self.mesh.vertices, self.mesh.faces, cameras)
+        frags = rasterize(self.mesh.vertices, self.mesh.faces, cameras, contexts=self.contexts)
         covered = frags.covered[..., None]
         points = interpolate(self.mesh.vertices, frags)
         normal = torch.nn.functional.normalize(interpolate(self.normals, frags), dim=-1)

@@ -52,7 +52,7 @@ from threed.cameras import Cameras
 from threed.geometry.mesh import Mesh
 from threed.render.background import Background
 from threed.render.output import Renderer, RenderOut
-from threed.render.shading import SHADINGS, Shading, shade
+from threed.render.shading import SHADINGS, Shading, ShadingConfig, shade
 
 AlbedoFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 3"]]
 
@@ -141,12 +141,12 @@ def _edge(a: Tensor, b: Tensor, p: Tensor) -> Tensor:
 
 def rasterize(vertices: Float[Tensor, "V 3"] | Float[Tensor, "B V 3"], faces: Int[Tensor, "F 3"],
               cameras: Cameras, *, backend: Backend = "auto", near: float = 1e-2,
-              max_pairs: int = 2 ** 21) -> Fragments:
+              max_pairs: int = 2 ** 21, contexts: RasterContexts | None = None) -> Fragments:
     """Which face each pixel centre sees (z-buffer), with differentiable perspective-correct barycentrics.
 
     ``near``: faces with a vertex nearer than this to the camera plane are dropped (torch path) or
     clipped (cuda path). ``max_pairs``: the torch path tests at most this many (pixel, face)
-    candidates at once, which bounds its memory.
+    candidates at once, which bounds its memory. ``contexts``: the caller's nvdiffrast contexts (cuda path).
     """
     if max_pairs < 1 or near <= 0:
         raise ValueError("need max_pairs >= 1 and near > 0")
@@ -154,7 +154,7 @@ def rasterize(vertices: Float[Tensor, "V 3"] | Float[Tensor, "B V 3"], faces: In
     B, H, W = len(cameras), cameras.height, cameras.width
     pixels, depth, cam = project(vertices, cameras)
     if use_fast_path(backend, vertices, NVDIFFRAST):
-        return _rasterize_nvdiffrast(vertices, faces, cameras, pixels, depth, cam, near)
+        return _rasterize_nvdiffrast(vertices, faces, cameras, pixels, depth, cam, near, contexts or RasterContexts())
     face_id, zbuf = _zbuffer(pixels.detach(), depth.detach(), faces, H, W, near, max_pairs)
     bary = _barycentrics(pixels, depth, faces, face_id)
     return Fragments(face_id=face_id, bary=bary, zbuf=zbuf, faces=faces, vertices=vertices, pixels=pixels,
@@ -374,7 +374,7 @@ def _aa_pairs(frags: Fragments, opposites: Tensor, pix0: Tensor, pix1: Tensor, d
 
 
 def _rasterize_nvdiffrast(vertices: Tensor, faces: Tensor, cameras: Cameras, pixels: Tensor, depth: Tensor,
-                          cam: Tensor, near: float) -> Fragments:
+                          cam: Tensor, near: float, contexts: RasterContexts) -> Fragments:
     """nvdiffrast's rasterizer on clip-space positions whose pixel grid matches :func:`project`."""
     import nvdiffrast.torch as dr
 
@@ -386,7 +386,7 @@ def _rasterize_nvdiffrast(vertices: Tensor, faces: Tensor, cameras: Cameras, pix
                         depth * (far + near) / (far - near) - 2.0 * far * near / (far - near), depth], dim=-1)
     clip = clip.float().contiguous()
     tri = faces.int().contiguous()
-    rast, _ = dr.rasterize(_cuda_context(vertices.device), clip, tri, (H, W))
+    rast, _ = dr.rasterize(contexts.get(vertices.device), clip, tri, (H, W))
     face_id = rast[..., 3].long() - 1
     u, v = rast[..., 0], rast[..., 1]
     covered = (face_id >= 0)[..., None]
@@ -398,15 +398,23 @@ def _rasterize_nvdiffrast(vertices: Tensor, faces: Tensor, cameras: Cameras, pix
                      backend="cuda", clip=clip, rast=rast)
 
 
-_CONTEXTS: dict[torch.device, object] = {}
+class RasterContexts:
+    """nvdiffrast's rasterizer contexts, one per CUDA device, made on first use and kept by their owner.
 
+    A context holds CUDA state and takes a while to create, so whoever rasterizes repeatedly (a
+    :class:`MeshRenderer`, an export's asset renderer) owns one of these and passes it to
+    :func:`rasterize`; a call without one makes a context for that call alone. The torch path needs none.
+    """
 
-def _cuda_context(device: torch.device):
-    import nvdiffrast.torch as dr
+    def __init__(self):
+        self._by_device: dict[torch.device, object] = {}
 
-    if device not in _CONTEXTS:
-        _CONTEXTS[device] = dr.RasterizeCudaContext(device=device)
-    return _CONTEXTS[device]
+    def get(self, device: torch.device) -> object:
+        import nvdiffrast.torch as dr  # pyright: ignore[reportMissingImports]
+
+        if device not in self._by_device:
+            self._by_device[device] = dr.RasterizeCudaContext(device=device)
+        return self._by_device[device]
 
 
 @dataclass
@@ -432,7 +440,8 @@ class MeshRendererConfig:
 
 def render_mesh(mesh: Mesh, cameras: Cameras, background: Background | None = None, shading: Shading = "albedo",
                 *, albedo_fn: AlbedoFn | None = None, ambient: float = 0.3,
-                cfg: MeshRendererConfig | None = None, training: bool = False) -> RenderOut:
+                cfg: MeshRendererConfig | None = None, training: bool = False,
+                contexts: RasterContexts | None = None) -> RenderOut:
     """Rasterize, shade (DreamFusion's modes, as the volume renderer) and composite a mesh over a background.
 
     Colour is ``albedo_fn(world points)`` at the visible surface when given, else the mesh's vertex
@@ -445,7 +454,7 @@ def render_mesh(mesh: Mesh, cameras: Cameras, background: Background | None = No
         raise ValueError(f"unknown shading mode {shading!r}; choose one of {', '.join(SHADINGS)}")
     cfg = cfg or MeshRendererConfig()
     frags = rasterize(mesh.vertices, mesh.faces, cameras, backend=cfg.backend, near=cfg.near,
-                      max_pairs=cfg.max_pairs)
+                      max_pairs=cfg.max_pairs, contexts=contexts)
     B, H, W = frags.shape
     covered = frags.covered.reshape(-1)
     idx = covered.nonzero().squeeze(1)
@@ -484,12 +493,18 @@ class MeshRenderer(Renderer):
     (a texture field such as DMTet's); without ``albedo`` the mesh's vertex colours are used.
     """
 
+    def __init__(self, cfg: MeshRendererConfig, geometry: nn.Module, background: Background,
+                 shading: ShadingConfig | None = None):
+        super().__init__(cfg, geometry, background, shading)
+        self.contexts = RasterContexts()
+        """This renderer's nvdiffrast contexts (cuda path)."""
+
     def forward(self, cameras: Cameras, shading: Shading = "albedo") -> RenderOut:
         """Render ``cameras`` (B cameras, H x W) with DreamFusion ``shading``; outputs are B x H x W x C."""
         albedo_fn = getattr(self.geometry, "albedo", None)
         mesh = self.geometry.mesh()
         out = render_mesh(mesh, cameras, self.background, shading, albedo_fn=albedo_fn,
-                          ambient=self.shading.ambient, cfg=self.cfg, training=self.training)
+                          ambient=self.shading.ambient, cfg=self.cfg, training=self.training, contexts=self.contexts)
         if self.training and mesh.vertices.requires_grad:
             out.normal_consistency = mesh.normal_consistency()
         return out
