@@ -9,7 +9,8 @@ from threed.config import build
 from threed.errors import ThreedError
 from threed.export.gaussian_ply import load_gaussians_ply, read_gaussians_ply, write_gaussians_ply
 from threed.export.isosurface import extract_mesh
-from threed.geometry.gaussians import DensifyConfig, Gaussians, GaussiansConfig
+from threed.geometry.densify import DensifyConfig, DensifyState, DensifyStrategy
+from threed.geometry.gaussians import Gaussians, GaussiansConfig
 from threed.scene import DMTetSceneConfig, GaussianSceneConfig, NeRFSceneConfig, OptimizerConfig, Scene
 from threed.stage import RunContext, Stage, StageConfig, hand_off_level
 
@@ -20,13 +21,17 @@ def trained_gaussians(n=200, **densify):
     """Gaussians after two Adam steps (so every moment is non-zero), with the optimiser."""
     torch.manual_seed(0)
     g = Gaussians(GaussiansConfig(count=n, densify=DensifyConfig(**densify)))
-    opt = torch.optim.Adam(g.parameter_groups(OptimizerConfig().gaussian), eps=1e-15)
+    opt = torch.optim.Adam(g.parameter_groups(OptimizerConfig()), eps=1e-15)
     for _ in range(2):
         opt.zero_grad()
         loss = sum((p * torch.randn_like(p)).sum() for p in g.parameters())
         loss.backward()
         opt.step()
     return g, opt
+
+
+def strategy(g: Gaussians) -> DensifyStrategy:
+    return DensifyStrategy(g.cfg.densify, g.cfg.radius)
 
 
 def test_densify_and_prune_keep_the_adam_state_rows_of_the_gaussians_they_keep():
@@ -36,11 +41,12 @@ def test_densify_and_prune_keep_the_adam_state_rows_of_the_gaussians_they_keep()
         g.log_scales[:50] = torch.log(torch.tensor(0.01))  # small: cloned
         g.log_scales[50:100] = torch.log(torch.tensor(0.2))  # large: split
         g.opacity_logits[150:] = -10.0  # transparent: pruned
-    g.grad_sum[:100] = 1.0
-    g.grad_views[:100] = 1.0
+    stats = DensifyState(n)
+    stats.grad_sum[:100] = 1.0
+    stats.grad_views[:100] = 1.0
     before = {name: (getattr(g, name).detach().clone(), opt.state[getattr(g, name)]["exp_avg"].clone())
               for name in g.ATTRIBUTES}
-    report = g.densify_and_prune(opt)
+    report = strategy(g).densify_and_prune(g, opt, stats)
     assert report == {"cloned": 50, "split": 50, "pruned": 50, "count": n - 50 - 50 + 50 + 100, "before": n}
     kept = torch.tensor([i for i in range(n) if not (50 <= i < 100 or i >= 150)])
     for name in g.ATTRIBUTES:
@@ -57,7 +63,7 @@ def test_densify_and_prune_keep_the_adam_state_rows_of_the_gaussians_they_keep()
             torch.testing.assert_close(param[len(kept): len(kept) + 50], old[:50])  # clones are copies
     # split children: half the parent's scale / 1.6, drawn around it
     torch.testing.assert_close(g.scales[len(kept) + 50:], (0.2 / 1.6) * torch.ones(100, 3))
-    assert g.grad_sum.shape == (g.count,) and float(g.grad_sum.abs().sum()) == 0
+    assert stats.grad_sum.shape == (g.count,) and float(stats.grad_sum.abs().sum()) == 0
     # the optimiser keeps working on the new tensors
     opt.zero_grad()
     sum(p.square().sum() for p in g.parameters()).backward()
@@ -66,27 +72,29 @@ def test_densify_and_prune_keep_the_adam_state_rows_of_the_gaussians_they_keep()
 
 def test_the_count_never_exceeds_max_count_and_the_largest_gradients_win():
     g, opt = trained_gaussians(n=100, max_count=110, clone_max_scale=1.0, min_opacity=0.0, max_scale=1.0)
-    g.grad_sum[:] = torch.arange(100.0)
-    g.grad_views[:] = 1.0
+    stats = DensifyState(100)
+    stats.grad_sum[:] = torch.arange(100.0)
+    stats.grad_views[:] = 1.0
     g.cfg.densify.grad_threshold = 0.0
     positions = g.positions.detach().clone()
-    g.densify_and_prune(opt)
+    strategy(g).densify_and_prune(g, opt, stats)
     assert g.count == 110
     torch.testing.assert_close(g.positions[100:], positions[torch.arange(99, 89, -1)])  # largest first
 
 
 def test_opacity_reset_clamps_opacities_and_zeroes_their_moments():
     g, opt = trained_gaussians(opacity_reset_value=0.01)
-    g.reset_opacity(opt)
+    g.clamp_opacity(g.cfg.densify.opacity_reset_value, opt)
     assert float(g.opacity.detach().max()) <= 0.01 + 1e-6
     assert float(opt.state[g.opacity_logits]["exp_avg"].abs().max()) == 0
 
 
 def test_a_state_dict_with_another_count_loads_with_that_count():
     g, opt = trained_gaussians(clone_max_scale=1.0, min_opacity=0.0, max_scale=1.0)
-    g.grad_sum[:30] = 1.0
-    g.grad_views[:30] = 1.0
-    g.densify_and_prune(opt)
+    stats = DensifyState(g.count)
+    stats.grad_sum[:30] = 1.0
+    stats.grad_views[:30] = 1.0
+    strategy(g).densify_and_prune(g, opt, stats)
     fresh = Gaussians(GaussiansConfig(count=200))
     fresh.load_state_dict(g.state_dict())
     assert fresh.count == g.count == 230

@@ -15,8 +15,10 @@ from torch import nn
 from threed.cameras import Cameras
 from threed.config import build
 from threed.errors import ThreedError
+from threed.geometry.base import Geometry, OptimizerConfig
+from threed.geometry.densify import DensifyState, DensifyStrategy
 from threed.geometry.dmtet import DMTet, DMTetConfig
-from threed.geometry.gaussians import GaussianLearningRates, Gaussians, GaussiansConfig
+from threed.geometry.gaussians import Gaussians, GaussiansConfig
 from threed.geometry.nerf import NeRFField, NeRFFieldConfig
 from threed.render.background import Background, BackgroundConfig
 from threed.render.output import RenderOut
@@ -84,24 +86,6 @@ SCENE_CONFIGS: dict[str, type] = {"nerf": NeRFSceneConfig, "dmtet": DMTetSceneCo
 """Scene config class per ``kind``."""
 
 
-@dataclass
-class OptimizerConfig:
-    """Adam learning rates per parameter group."""
-
-    lr_encoding: float = 0.01
-    """Hash-grid tables (they want a large rate, as in Instant-NGP)."""
-    lr_network: float = 0.001
-    """MLP heads of the field."""
-    lr_background: float = 0.001
-    """Background MLP, when there is one."""
-    lr_geometry: float = 0.01
-    """Per-vertex parameters of a grid geometry (DMTet's SDF values and offsets)."""
-    gaussian: GaussianLearningRates = field(default_factory=GaussianLearningRates)
-    """Per-attribute rates of a Gaussian scene (positions, scales, rotations, opacities, colours)."""
-    betas: tuple[float, float] = (0.9, 0.99)
-    eps: float = 1e-15
-
-
 class Scene(nn.Module):
     """Geometry + background + renderer; ``forward(cameras, shading)`` renders a RenderOut."""
 
@@ -120,6 +104,13 @@ class Scene(nn.Module):
                                           cfg.shading)
         else:
             raise ValueError(f"unknown scene kind {cfg.kind!r}; choose nerf, dmtet or gaussian")
+        self.densify: DensifyState | None = None
+        """Gaussian scenes: the densification statistics (saved with the scene, so a resume is exact)."""
+        self.strategy: DensifyStrategy | None = None
+        """Gaussian scenes: adaptive density control, run after each optimiser step (:meth:`post_step`)."""
+        if isinstance(cfg, GaussianSceneConfig):
+            self.densify = DensifyState(cfg.geometry.count)
+            self.strategy = DensifyStrategy(cfg.geometry.densify, cfg.geometry.radius)
 
     @classmethod
     def from_checkpoint(cls, ckpt: "Checkpoint", device: torch.device | str = "cpu") -> "Scene":
@@ -130,8 +121,16 @@ class Scene(nn.Module):
         scene.load_state_dict(ckpt.scene)
         return scene.eval()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints written before densification had its own state kept its statistics on the geometry."""
+        for name in ("grad_sum", "grad_views"):
+            old = f"{prefix}renderer.geometry.{name}"
+            if old in state_dict:
+                state_dict[f"{prefix}densify.{name}"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
-    def geometry(self) -> NeRFField | DMTet | Gaussians:
+    def geometry(self) -> Geometry:
         return self.renderer.geometry
 
     @property
@@ -157,51 +156,43 @@ class Scene(nn.Module):
         return RenderOut(rgb=cat("rgb"), opacity=cat("opacity"), depth=cat("depth"), normal=normal)
 
     def update(self, step: int) -> None:
-        """Per-step state that is not a gradient (occupancy grids, schedules)."""
+        """Per-step state that is not a gradient (occupancy grids, schedules), before step ``step``."""
         self.renderer.update(step)
+        self.geometry.update(step)
 
-    def post_step(self, done: int, optimizer: torch.optim.Optimizer | None) -> dict[str, int]:
-        """After optimiser step ``done`` (1-based): Gaussian densification and pruning on its schedule.
+    def post_step(self, done: int, optimizer: torch.optim.Optimizer | None, out: RenderOut | None = None
+                  ) -> dict[str, int]:
+        """After optimiser step ``done`` (1-based), given the step's training render ``out``: Gaussian
+        densification and pruning on its schedule (:mod:`threed.geometry.densify`).
 
         A no-op (empty report) for the other kinds. A non-empty report means parameters may have been
         replaced (in ``optimizer`` too, with their Adam state): refresh any list of them.
         """
-        if isinstance(self.renderer, SplatRenderer):
-            return self.renderer.post_step(done, optimizer)
-        return {}
+        if self.strategy is None or self.densify is None or not isinstance(self.geometry, Gaussians):
+            return {}
+        return self.strategy.step_post_backward(self.geometry, optimizer, self.densify, done,
+                                                out.view_gradients if out is not None else None)
 
     def parameter_groups(self, opt: OptimizerConfig) -> list[dict]:
-        """Adam groups: per-vertex grid parameters, hash-grid tables, MLPs, background.
+        """Adam groups: the geometry's (:meth:`Geometry.parameter_groups`), then the background's.
 
         Parameters a stage does not train (``train: texture`` or ``geometry`` on DMTet) are frozen here,
         so no gradient is computed for them, and left out of every group.
         """
         for p in self._frozen_parameters():
             p.requires_grad_(False)
-        if isinstance(self.geometry, Gaussians):
-            groups = self.geometry.parameter_groups(opt.gaussian)
-            background = list(self.background.parameters())
-            if background:
-                groups.append({"params": background, "lr": opt.lr_background, "name": "background"})
-            return groups
-        named = [(n, p) for n, p in self.geometry.named_parameters() if p.requires_grad]
-        grid = [p for name, p in named if name.endswith("_param")]
-        encoding = [p for name, p in named if "encoding" in name.split(".")[0]]
-        taken = {id(p) for p in grid + encoding}
-        network = [p for _, p in named if id(p) not in taken]
-        groups = [{"params": grid, "lr": opt.lr_geometry, "name": "geometry"},
-                  {"params": encoding, "lr": opt.lr_encoding, "name": "encoding"},
-                  {"params": network, "lr": opt.lr_network, "name": "network"}]
+        groups = self.geometry.parameter_groups(opt)
         background = list(self.background.parameters())
         if background:
             groups.append({"params": background, "lr": opt.lr_background, "name": "background"})
         return [g for g in groups if g["params"]]
 
     def _frozen_parameters(self) -> list[nn.Parameter]:
-        train = getattr(self.cfg, "train", "all")
-        if train == "texture":
+        if not isinstance(self.cfg, DMTetSceneConfig) or not isinstance(self.geometry, DMTet):
+            return []
+        if self.cfg.train == "texture":
             return self.geometry.geometry_parameters()
-        if train == "geometry":
+        if self.cfg.train == "geometry":
             return self.geometry.texture_parameters()
         return []
 
@@ -214,11 +205,11 @@ class Scene(nn.Module):
     @property
     def has_density(self) -> bool:
         """Whether :meth:`density` answers (a NeRF's field, the Gaussians' kernel sum)."""
-        return isinstance(self.geometry, (NeRFField, Gaussians))
+        return self.geometry.surface == "density"
 
     def mesh(self):
         """The surface as a :class:`threed.geometry.mesh.Mesh` (DMTet scenes)."""
-        if not isinstance(self.geometry, DMTet):
+        if self.geometry.surface != "mesh":
             raise ThreedError(f"a {self.cfg.kind} scene has no explicit mesh; extract one from Scene.density")
         return self.geometry.mesh()
 
@@ -237,12 +228,9 @@ class Scene(nn.Module):
                 and (self.cfg.kind, previous.cfg.kind) != ("gaussian", "gaussian")):
             raise ThreedError(f"a {self.cfg.kind} scene cannot start from a {previous.cfg.kind} scene; "
                               "supported: nerf -> dmtet, gaussian -> dmtet, nerf -> gaussian")
-        if isinstance(self.geometry, Gaussians):
-            info = {"count": self.geometry.init_from_density(previous.density, previous.albedo, level)}
-        else:
-            with torch.enable_grad():
-                self.geometry.init_from_density(previous.density, level)
-            info = {"albedo": self.geometry.init_albedo_from(previous.geometry)}
+        info = self.geometry.start_from(previous.geometry, level)
+        if self.densify is not None and isinstance(self.geometry, Gaussians):
+            self.densify.reset(self.geometry.count)
         if self.cfg.background == previous.cfg.background:
             self.background.load_state_dict(previous.background.state_dict())
         return {"level": float(level), **info}

@@ -201,7 +201,7 @@ class Stage:
             if not torch.isfinite(grad_norm):
                 self._nan_stop(step, "gradient", tr.last)
             tr.optimizer.step()
-            if tr.scene.post_step(step + 1, tr.optimizer):  # Gaussians densified: new parameter tensors
+            if tr.scene.post_step(step + 1, tr.optimizer, out):  # Gaussians densified: new parameter tensors
                 tr.params = [p for p in tr.scene.parameters() if p.requires_grad]
         tr.step = step + 1
         return loss.detach(), g

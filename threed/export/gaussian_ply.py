@@ -90,7 +90,6 @@ def read_gaussians_ply(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_gaussians_ply(gaussians: Gaussians, path: str | os.PathLike) -> Gaussians:
     """Replace ``gaussians``' parameters (and count) by those of a 3DGS PLY; returns it."""
     state = read_gaussians_ply(path)
-    state.update({name: torch.zeros(len(state["positions"])) for name in Gaussians.STATISTICS})
     gaussians.load_state_dict(state)
     if not math.isfinite(float(gaussians.positions.detach().sum())):
         raise ThreedError(f"{path} holds non-finite positions")

@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from threed.geometry.base import Geometry, OptimizerConfig, field_groups
 from threed.geometry.encoding import HashGridConfig, make_encoding
 from threed.geometry.mesh import Mesh
 
@@ -194,12 +195,14 @@ def ellipsoid_sdf(radii: tuple[float, float, float]) -> SDFFn:
     return lambda x: ((x / r.to(x)).norm(dim=-1) - 1.0) * float(r.min())
 
 
-class DMTet(nn.Module):
+class DMTet(Geometry):
     """``mesh() -> Mesh`` (differentiable in the SDF, offsets) and ``albedo(points) -> N x 3`` in [0, 1].
 
     Every parameter is initialised from torch's global RNG and the starting shape, so
     ``torch.manual_seed`` fixes the geometry.
     """
+
+    surface = "mesh"
 
     def __init__(self, cfg: DMTetConfig | None = None):
         super().__init__()
@@ -225,6 +228,18 @@ class DMTet(nn.Module):
     @property
     def radius(self) -> float:
         return self.cfg.radius
+
+    def parameter_groups(self, opt: OptimizerConfig) -> list[dict]:
+        """Per-vertex SDF and offsets (grid SDF), hash-grid tables and MLPs, each at its own rate."""
+        return field_groups(self, opt)
+
+    def start_from(self, previous: Geometry, level: float) -> dict:
+        """The SDF from ``previous``'s isosurface at ``level``; the albedo copied or fitted (:meth:`init_albedo_from`)."""
+        if previous.surface != "density":
+            return super().start_from(previous, level)
+        with torch.enable_grad():
+            self.init_from_density(previous.density, level)
+        return {"albedo": self.init_albedo_from(previous)}
 
     @property
     def cell(self) -> float:

@@ -13,9 +13,10 @@ gradient) of ``0.5 + C0 * f_dc``; the 3DGS PLY writer converts (:mod:`threed.exp
 
 Starting points: random points in a ball (DreamGaussian), or the opaque region of a previous stage's NeRF
 (:meth:`Gaussians.init_from_density`) -- never the toy world's ground truth. The density control of 3DGS
-(sec. 5.2) runs on a schedule (:class:`DensifyConfig`): Gaussians whose average view-space positional gradient
-is large are cloned (small ones) or split in two (large ones), transparent or huge ones are pruned, and the
-opacities are reset now and then. Densification makes new parameter tensors, swaps them into the optimiser's
+(sec. 5.2) is a strategy with its own state (:mod:`threed.geometry.densify`): Gaussians whose average
+view-space positional gradient is large are cloned (small ones) or split in two (large ones), transparent or
+huge ones are pruned, and the opacities are reset now and then. It makes new parameter tensors
+(:meth:`Gaussians.replace_rows`), swaps them into the optimiser's
 groups and carries the Adam state rows of the kept, cloned and split Gaussians over (the stage refreshes its
 own parameter list). Loading a state dict with another count resizes the Gaussians first (in place, so an
 optimiser built before the load stays valid), so a checkpoint written after densification resumes with the
@@ -37,63 +38,13 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from threed.geometry.base import Geometry, OptimizerConfig
+from threed.geometry.densify import DensifyConfig
+
 ALPHA_MIN = 1.0 / 255.0
 """Kernel contributions below this (times opacity) are dropped, by the renderer and by density queries (3DGS)."""
 
 PointFn = Callable[[Float[Tensor, "N 3"]], Tensor]
-
-
-@dataclass
-class DensifyConfig:
-    """3DGS adaptive density control (Kerbl et al. 2023, sec. 5.2) on a step schedule; steps count from 1."""
-
-    start: int = 100
-    """First step after which view-space gradients are accumulated and densification may run."""
-    stop: int = 1000
-    """No densification, pruning or opacity reset after this step."""
-    every: int = 100
-    """Densify and prune every this many steps (between ``start`` and ``stop``)."""
-    grad_threshold: float = 0.01
-    """Clone/split Gaussians whose mean view-space positional gradient norm (NDC units, as gsplat's
-    default strategy) exceeds this; DreamGaussian's SDS value (3DGS's photometric one is 0.0002)."""
-    clone_max_scale: float = 0.01
-    """A Gaussian to densify is cloned when its largest scale is at most this fraction of ``radius``, else split."""
-    split_shrink: float = 1.6
-    """A split Gaussian's two children have its scales divided by this (3DGS)."""
-    min_opacity: float = 0.01
-    """Prune Gaussians more transparent than this."""
-    max_scale: float = 0.5
-    """Prune Gaussians whose largest scale exceeds this fraction of ``radius``."""
-    max_count: int = 100_000
-    """Densification never makes more Gaussians than this (the largest gradients win)."""
-    opacity_reset_every: int = 0
-    """Clamp every opacity to ``opacity_reset_value`` every this many steps (3DGS: 3000); 0 disables."""
-    opacity_reset_value: float = 0.01
-    """Opacity after a reset."""
-
-    def __post_init__(self):
-        if self.every < 1 or self.start < 0 or self.stop < self.start:
-            raise ValueError(f"need every >= 1 and 0 <= start <= stop, got {self.every}, {self.start}, {self.stop}")
-        if self.split_shrink <= 1 or self.max_count < 1 or self.opacity_reset_every < 0:
-            raise ValueError("need split_shrink > 1, max_count >= 1 and opacity_reset_every >= 0")
-        if not 0 < self.opacity_reset_value < 1 or not 0 <= self.min_opacity < 1:
-            raise ValueError("opacity_reset_value must lie in (0, 1) and min_opacity in [0, 1)")
-
-
-@dataclass
-class GaussianLearningRates:
-    """Adam learning rate per Gaussian attribute (DreamGaussian's values)."""
-
-    position: float = 0.001
-    """Centres (world units)."""
-    scale: float = 0.005
-    """Log-scales."""
-    rotation: float = 0.005
-    """Quaternions (normalised when used)."""
-    opacity: float = 0.05
-    """Opacity logits."""
-    color: float = 0.01
-    """Colour logits."""
 
 
 @dataclass
@@ -111,6 +62,7 @@ class GaussiansConfig:
     init_opacity: float = 0.1
     """Initial opacity (DreamGaussian, 3DGS)."""
     densify: DensifyConfig = field(default_factory=DensifyConfig)
+    """Adaptive density control: its schedule and thresholds (:mod:`threed.geometry.densify`)."""
 
     def __post_init__(self):
         if self.radius <= 0 or not 0 < self.init_radius <= self.radius:
@@ -234,16 +186,17 @@ def mixture_sums(points: Float[Tensor, "P 3"], means: Float[Tensor, "N 3"], prec
     return total, weighted
 
 
-class Gaussians(nn.Module):
+class Gaussians(Geometry):
     """``N`` Gaussians: ``positions`` (N x 3), ``log_scales`` (N x 3), ``quaternions`` (N x 4, w x y z),
-    ``opacity_logits`` (N), ``color_logits`` (N x 3); plus the densification statistics (buffers).
+    ``opacity_logits`` (N), ``color_logits`` (N x 3). Densification (:mod:`threed.geometry.densify`) keeps
+    its statistics apart and calls :meth:`replace_rows` and :meth:`clamp_opacity`.
 
     Queries for export and hand-offs: ``density(points)`` (N x 1) and ``albedo(points)`` (N x 3).
     Parameters are initialised from torch's global RNG, so ``torch.manual_seed`` fixes them.
     """
 
     ATTRIBUTES = ("positions", "log_scales", "quaternions", "opacity_logits", "color_logits")
-    STATISTICS = ("grad_sum", "grad_views")
+    surface = "density"
 
     def __init__(self, cfg: GaussiansConfig | None = None):
         super().__init__()
@@ -254,10 +207,6 @@ class Gaussians(nn.Module):
         self.quaternions = nn.Parameter(torch.zeros(n, 4))
         self.opacity_logits = nn.Parameter(torch.zeros(n))
         self.color_logits = nn.Parameter(torch.zeros(n, 3))
-        self.register_buffer("grad_sum", torch.zeros(n))
-        """Sum over training views of the view-space positional gradient norm (NDC units)."""
-        self.register_buffer("grad_views", torch.zeros(n))
-        """Training views in which each Gaussian was visible."""
         self.init_ball()
 
     @property
@@ -346,8 +295,6 @@ class Gaussians(nn.Module):
             self.color_logits.zero_()
         else:
             self.color_logits.copy_(torch.logit(colors.clamp(1e-4, 1 - 1e-4)))
-        self.grad_sum.zero_()
-        self.grad_views.zero_()
 
     @torch.no_grad()
     def init_ball(self) -> None:
@@ -389,77 +336,24 @@ class Gaussians(nn.Module):
         self._set(positions, cfg.init_scale or spacing, colors)
         return n
 
+    def start_from(self, previous: Geometry, level: float) -> dict:
+        """:meth:`init_from_density` inside ``previous``'s isosurface at ``level``, coloured by its albedo."""
+        if previous.surface != "density" or isinstance(previous, Gaussians):
+            return super().start_from(previous, level)
+        return {"count": self.init_from_density(previous.density, previous.albedo, level)}
+
     # --- optimisation -----------------------------------------------------------------------------------
 
-    def parameter_groups(self, lr: GaussianLearningRates) -> list[dict]:
-        """One Adam group per attribute, named after it."""
+    def parameter_groups(self, opt: OptimizerConfig) -> list[dict]:
+        """One Adam group per attribute, named after it, at ``opt.gaussian``'s rates."""
+        lr = opt.gaussian
         rates = {"positions": lr.position, "log_scales": lr.scale, "quaternions": lr.rotation,
                  "opacity_logits": lr.opacity, "color_logits": lr.color}
         return [{"params": [getattr(self, name)], "lr": rates[name], "name": name} for name in self.ATTRIBUTES]
 
     @torch.no_grad()
-    def accumulate_view_gradients(self, means2d_grad: Float[Tensor, "B N 2"], visible: Bool[Tensor, "B N"],
-                                  width: int, height: int) -> None:
-        """Add each visible Gaussian's view-space positional gradient norm, per view, in NDC units (pixels x W/2)."""
-        if means2d_grad.shape[1] != self.count:
-            return
-        scale = torch.tensor([0.5 * width, 0.5 * height], device=means2d_grad.device)
-        norm = (means2d_grad * scale).norm(dim=-1) * visible
-        self.grad_sum += norm.sum(0)
-        self.grad_views += visible.sum(0)
-
-    def post_step(self, done: int, optimizer: torch.optim.Optimizer | None) -> dict[str, int]:
-        """Run the density-control schedule after step ``done`` (1-based); returns what changed (may be empty)."""
-        d = self.cfg.densify
-        report: dict[str, int] = {}
-        if d.start < done <= d.stop and done % d.every == 0:
-            report.update(self.densify_and_prune(optimizer))
-        if d.opacity_reset_every and done <= d.stop and done % d.opacity_reset_every == 0:
-            self.reset_opacity(optimizer)
-            report["opacity_reset"] = 1
-        return report
-
-    @torch.no_grad()
-    def densify_and_prune(self, optimizer: torch.optim.Optimizer | None) -> dict[str, int]:
-        """Clone small and split large Gaussians with large mean view-space gradients; prune faint and huge ones.
-
-        3DGS sec. 5.2: a split replaces a Gaussian by two drawn from it, with scales divided by
-        ``split_shrink``; a clone is an exact copy (the gradient then moves the two apart). New rows start
-        with zero Adam moments; kept rows keep theirs. The gradient statistics restart from zero.
-        """
-        d, r = self.cfg.densify, self.cfg.radius
-        n = self.count
-        grads = self.grad_sum / self.grad_views.clamp(min=1.0)
-        largest = self.scales.amax(-1)
-        chosen = (grads >= d.grad_threshold).nonzero().squeeze(1)
-        budget = max(0, d.max_count - n)
-        if len(chosen) > budget:
-            chosen = chosen[grads[chosen].argsort(descending=True)[:budget]]
-        small = largest[chosen] <= d.clone_max_scale * r
-        clone, split = chosen[small], chosen[~small]
-        prune = (self.opacity < d.min_opacity) | (largest > d.max_scale * r)
-        prune[split] = True
-        if bool(prune.all()) and len(clone) + len(split) == 0:
-            prune[self.opacity.argmax()] = False  # never leave an empty set
-        extra = {name: getattr(self, name)[clone] for name in self.ATTRIBUTES}
-        if len(split):
-            rot, scales = self.rotations()[split], self.scales[split]
-            samples = torch.einsum("nij,knj->kni", rot, scales * torch.randn(2, len(split), 3, device=scales.device))
-            children = {"positions": (self.positions[split] + samples).reshape(-1, 3),
-                        "log_scales": torch.log(scales / d.split_shrink).repeat(2, 1)}
-            for name in self.ATTRIBUTES:
-                part = children.get(name, getattr(self, name)[split].repeat(2, *[1] * (getattr(self, name).ndim - 1)))
-                extra[name] = torch.cat([extra[name], part])
-        self._replace_rows(~prune, extra, optimizer)
-        self.grad_sum.zero_()
-        self.grad_views.zero_()
-        return {"cloned": len(clone), "split": len(split), "pruned": int(prune.sum()) - len(split),
-                "count": self.count, "before": n}
-
-    @torch.no_grad()
-    def reset_opacity(self, optimizer: torch.optim.Optimizer | None) -> None:
-        """Clamp opacities to ``opacity_reset_value`` and zero their Adam moments (3DGS)."""
-        value = self.cfg.densify.opacity_reset_value
+    def clamp_opacity(self, value: float, optimizer: torch.optim.Optimizer | None) -> None:
+        """Clamp opacities to at most ``value`` and zero their Adam moments (3DGS's opacity reset)."""
         self.opacity_logits.copy_(torch.minimum(self.opacity_logits,
                                                 torch.full_like(self.opacity_logits, math.log(value / (1 - value)))))
         state = optimizer.state.get(self.opacity_logits, {}) if optimizer is not None else {}
@@ -468,7 +362,7 @@ class Gaussians(nn.Module):
                 state[key].zero_()
 
     @torch.no_grad()
-    def _replace_rows(self, keep: Bool[Tensor, "N"], extra: dict[str, Tensor],
+    def replace_rows(self, keep: Bool[Tensor, "N"], extra: dict[str, Tensor],
                       optimizer: torch.optim.Optimizer | None) -> None:
         """Every attribute becomes a new parameter ``cat(old[keep], extra[name])``, swapped into ``optimizer``'s
         groups; its Adam moments become ``cat(moment[keep], zeros)``.
@@ -489,12 +383,9 @@ class Gaussians(nn.Module):
                             state[key] = torch.cat([moment[keep], moment.new_zeros(len(extra[name]), *moment.shape[1:])])
                     optimizer.state[new] = state
             setattr(self, name, new)
-        n = self.count
-        for name in self.STATISTICS:
-            self._buffers[name] = self._buffers[name].new_zeros(n)
 
     def _resize(self, n: int) -> None:
-        """Give every attribute and statistic ``n`` rows (uninitialised when the count changes).
+        """Give every attribute ``n`` rows (uninitialised when the count changes).
 
         The parameters keep their identity (an optimiser built on them stays valid), which is safe only
         before a gradient has flowed through them: at construction and when loading a checkpoint.
@@ -505,8 +396,6 @@ class Gaussians(nn.Module):
             param = getattr(self, name)
             param.data = param.data.new_empty(n, *param.shape[1:])
             param.grad = None
-        for name in self.STATISTICS:
-            self._buffers[name] = self._buffers[name].new_zeros(n)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Take the count of the checkpoint (it changes with densification), then load as usual."""

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from threed.geometry.base import Geometry, OptimizerConfig, field_groups
 from threed.geometry.encoding import HashGridConfig, make_encoding
 
 
@@ -72,12 +73,14 @@ class NeRFFieldConfig:
             raise ValueError("need hidden_dim >= 1 and n_hidden_layers >= 0")
 
 
-class NeRFField(nn.Module):
+class NeRFField(Geometry):
     """Density (N x 1, >= 0) and albedo (N x 3, in [0, 1]) at world points (N x 3).
 
     One hash-grid encoding feeds one small MLP with 4 outputs: raw density and albedo logits.
     Every parameter is initialised from torch's global RNG, so ``torch.manual_seed`` fixes the field.
     """
+
+    surface = "density"
 
     def __init__(self, cfg: NeRFFieldConfig | None = None):
         super().__init__()
@@ -96,6 +99,10 @@ class NeRFField(nn.Module):
     @property
     def radius(self) -> float:
         return self.cfg.radius
+
+    def parameter_groups(self, opt: OptimizerConfig) -> list[dict]:
+        """Hash-grid tables and the MLP, each at its own rate."""
+        return field_groups(self, opt)
 
     def _raw(self, points: Float[Tensor, "N 3"]) -> tuple[Float[Tensor, "N 1"], Float[Tensor, "N 3"]]:
         """Pre-activation density (blob bias added) and albedo logits."""

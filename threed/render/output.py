@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from threed.geometry.densify import ViewGradients
+
 if TYPE_CHECKING:
     from threed.cameras import Cameras
     from threed.render.background import Background
@@ -35,6 +37,8 @@ class RenderOut:
     the camera, summed along each ray and averaged over rays."""
     normal_consistency: Float[Tensor, ""] | None = None
     """Mean ``1 - cos`` between the normals of neighbouring faces (mesh renderer)."""
+    view_gradients: ViewGradients | None = None
+    """Training renders of Gaussians: the projected centres, whose gradient drives densification."""
 
 
 class Renderer(nn.Module):

@@ -44,10 +44,10 @@ from torch import Tensor
 
 from threed.backends import Backend, FastPath, use_fast_path
 from threed.cameras import Cameras
+from threed.geometry.densify import ViewGradients
 from threed.geometry.gaussians import ALPHA_MIN, Gaussians, kernel_cutoff, quaternion_to_matrix
-from threed.render.background import Background
 from threed.render.output import Renderer, RenderOut
-from threed.render.shading import Shading, ShadingConfig, shade
+from threed.render.shading import Shading, shade
 
 ALPHA_MAX = 0.99
 """Largest alpha of one Gaussian at one pixel (3DGS): keeps ``log(1 - alpha)`` and its gradient finite."""
@@ -278,14 +278,12 @@ class SplatRenderer(Renderer):
     """Renders :class:`threed.geometry.gaussians.Gaussians` over a background into a :class:`RenderOut`.
 
     Outputs follow the other renderers: rgb composited over the background, opacity, depth (distance along
-    the ray times opacity, 0 where empty) and the composited normal. In training, the projected centres of
-    the last render keep their gradient for :meth:`post_step` (3DGS's densification statistic).
+    the ray times opacity, 0 where empty) and the composited normal. A training render also returns its
+    projected centres, which keep their gradient (``view_gradients``: 3DGS's densification statistic,
+    read after backward by :class:`threed.geometry.densify.DensifyStrategy`).
     """
 
-    def __init__(self, cfg: SplatRendererConfig, geometry: Gaussians, background: Background,
-                 shading: ShadingConfig | None = None):
-        super().__init__(cfg, geometry, background, shading)
-        self._last: tuple[SplatOut, int, int] | None = None
+    geometry: Gaussians
 
     def forward(self, cameras: Cameras, shading: Shading = "albedo") -> RenderOut:
         """Render ``cameras`` (B cameras, H x W) with DreamFusion ``shading``; outputs are B x H x W x C."""
@@ -302,26 +300,18 @@ class SplatRenderer(Renderer):
                        self.shading.ambient)
         out = splat(means, g.quaternions, g.scales, g.opacity, torch.cat([colour, normals], dim=-1), cameras,
                     self.cfg)
+        views = None
         if self.training and torch.is_grad_enabled() and out.means2d.requires_grad:
             out.means2d.retain_grad()
-            self._last = (out, cameras.width, cameras.height)
+            views = ViewGradients(out.means2d, out.visible, cameras.width, cameras.height)
         _, dirs = cameras.rays()
         dirs = dirs.to(means)
         forward_axis = -cameras.c2w.to(means)[:, None, None, :3, 2]
         ray_per_depth = 1.0 / (dirs * forward_axis).sum(-1, keepdim=True).clamp(min=1e-6)
         fg, normal = out.features.split([3, 3], dim=-1)
         rgb = fg + (1.0 - out.alpha) * self.background(dirs, training=self.training)
-        return RenderOut(rgb=rgb, opacity=out.alpha, depth=out.depth * ray_per_depth, normal=normal)
+        return RenderOut(rgb=rgb, opacity=out.alpha, depth=out.depth * ray_per_depth, normal=normal,
+                         view_gradients=views)
 
     def update(self, step: int) -> None:
-        """Nothing to refresh before a step (densification runs after it, in :meth:`post_step`)."""
-
-    def post_step(self, done: int, optimizer: torch.optim.Optimizer | None) -> dict[str, int]:
-        """After optimiser step ``done`` (1-based): accumulate view-space gradients, run the densify schedule."""
-        d = self.geometry.cfg.densify
-        if self._last is not None:
-            out, width, height = self._last
-            if out.means2d.grad is not None and d.start < done <= d.stop:
-                self.geometry.accumulate_view_gradients(out.means2d.grad, out.visible, width, height)
-            self._last = None
-        return self.geometry.post_step(done, optimizer)
+        """Nothing to refresh before a step (densification runs after it: :meth:`threed.scene.Scene.post_step`)."""
