@@ -10,7 +10,7 @@ import trimesh
 from PIL import Image
 
 from threed.errors import ThreedError
-from threed.export.formats import export_all
+from threed.export.formats import FORMATS, write_mesh
 from threed.export.texture import bake_albedo, fill_empty, rasterize_uv
 from threed.export.xatlas_process import parametrize
 
@@ -120,7 +120,7 @@ def glb_json(path):
 def test_textured_round_trips(baked, tmp_path):
     _, textured, _ = baked
     texture = np.asarray(textured.visual.material.baseColorTexture)
-    paths = export_all(textured, tmp_path, name="model")
+    paths = {f: write_mesh(textured, tmp_path / f"model.{f}") for f in FORMATS}
     # GLB: PBR metallic-roughness material with the texture embedded as PNG; UVs in [0, 1].
     gltf = glb_json(paths["glb"])
     material = gltf["materials"][0]["pbrMetallicRoughness"]

@@ -10,7 +10,7 @@ import trimesh
 from PIL import Image
 
 from threed.errors import ThreedError
-from threed.export.formats import export_all, write_mesh
+from threed.export.formats import FORMATS, write_mesh
 from threed.files import atomic_path
 
 
@@ -82,7 +82,7 @@ def test_textured_mesh(tmp_path):
     rng = np.random.default_rng(1)
     texture = Image.fromarray(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8))
     mesh.visual = trimesh.visual.TextureVisuals(uv=rng.random((len(mesh.vertices), 2)), image=texture)
-    paths = export_all(mesh, tmp_path, name="tex")
+    paths = write_all(mesh, tmp_path, "tex")
     assert sorted(os.listdir(tmp_path)) == ["tex.glb", "tex.mtl", "tex.obj", "tex.ply", "tex_material_0.png"]
     assert "map_Kd tex_material_0.png" in (tmp_path / "tex.mtl").read_text()
     obj = trimesh.load(paths["obj"], force="mesh")
@@ -91,8 +91,12 @@ def test_textured_mesh(tmp_path):
     assert trimesh.load(paths["ply"], force="mesh").visual.kind == "vertex"  # PLY: texture sampled per vertex
 
 
-def test_export_all_writes_only_the_assets(colored_mesh, tmp_path):
-    paths = export_all(colored_mesh, tmp_path / "out")
+def write_all(mesh, out_dir, name="mesh"):
+    return {f: write_mesh(mesh, out_dir / f"{name}.{f}") for f in FORMATS}
+
+
+def test_writing_every_format_writes_only_the_assets(colored_mesh, tmp_path):
+    paths = write_all(colored_mesh, tmp_path / "out")
     assert set(paths) == {"glb", "obj", "ply"}
     assert sorted(os.listdir(tmp_path / "out")) == ["mesh.glb", "mesh.mtl", "mesh.obj", "mesh.ply"]  # no temp files
     assert all(p.stat().st_size > 0 for p in paths.values())
@@ -102,7 +106,7 @@ def test_unknown_format_names_the_choices(colored_mesh, tmp_path):
     with pytest.raises(ThreedError, match="glb, obj, ply"):
         write_mesh(colored_mesh, tmp_path / "a.stl")
     with pytest.raises(ThreedError, match="fbx"):
-        export_all(colored_mesh, tmp_path, formats=("glb", "fbx"))
+        write_mesh(colored_mesh, tmp_path / "a.glb", "fbx")  # type: ignore[arg-type]
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path):

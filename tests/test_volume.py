@@ -266,7 +266,9 @@ def test_chunked_render_matches_the_full_render():
     cams = front_camera(10, width=14, batch=2)
     with torch.no_grad():
         full = r._render(cams, "textureless", None)
-    chunked = r.render_chunked(cams, "textureless", chunk=37)
+    r.cfg.eval_chunk = 37
+    with torch.no_grad():
+        chunked = r(cams, "textureless")
     for name in ("rgb", "opacity", "depth", "normal"):
         assert torch.allclose(getattr(full, name), getattr(chunked, name), atol=1e-5), name
     assert not chunked.rgb.requires_grad

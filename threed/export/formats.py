@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import trimesh
 import trimesh.exchange.gltf
@@ -121,13 +121,3 @@ def write_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike, format: MeshForma
         for name, blob in extra.items():
             write_bytes_atomic(path.parent / name, blob)
     return write_bytes_atomic(path, data)
-
-
-def export_all(mesh: trimesh.Trimesh, out_dir: str | os.PathLike, formats: Sequence[MeshFormat] = FORMATS,
-               name: str = "mesh") -> dict[str, Path]:
-    """Write ``mesh`` as ``out_dir/<name>.<format>`` for each format; returns ``{format: path}``."""
-    out_dir = Path(out_dir)
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise ThreedError(f"unknown mesh format(s) {unknown}; choose from {', '.join(FORMATS)}")
-    return {f: write_mesh(mesh, out_dir / f"{name}.{f}", f) for f in formats}

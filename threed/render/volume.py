@@ -166,11 +166,6 @@ class VolumeRenderer(Renderer):
         """
         return self._render(cameras, shading, None if torch.is_grad_enabled() else self.cfg.eval_chunk)
 
-    @torch.no_grad()
-    def render_chunked(self, cameras: Cameras, shading: Shading = "albedo", chunk: int | None = None) -> RenderOut:
-        """Render without gradients, ``chunk`` rays at a time (default ``eval_chunk``), e.g. 256 px turntables."""
-        return self._render(cameras, shading, chunk or self.cfg.eval_chunk)
-
     def _render(self, cameras: Cameras, shading: Shading, chunk: int | None) -> RenderOut:
         if shading not in SHADINGS:
             raise ValueError(f"unknown shading mode {shading!r}; choose one of {', '.join(SHADINGS)}")
