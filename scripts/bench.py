@@ -56,7 +56,7 @@ def cpu_name() -> str:
 
 def bench_one(recipe: str, overrides: list[str], backend: str, resolution: int, steps: int, device: torch.device,
               prompt: str) -> dict:
-    cfg = load_recipe(recipe, [*overrides, f"stages.0.resolution={resolution}",
+    cfg = load_recipe(recipe, [*overrides, f"stages.0.render_size={resolution}",
                                f"stages.0.scene.renderer.backend={backend}",
                                f"stages.0.scene.geometry.encoding.backend={backend}"], prompt=prompt)
     stage_cfg = cfg.stages[0]
@@ -160,7 +160,7 @@ def bench_export(recipe: str, overrides: list[str], resolution: int, texture_siz
         torch.manual_seed(cfg.seed)
         scene = Scene(cfg.stages[0].scene).to(device).eval()
         source = f"{recipe} stage 0 at initialisation"
-    export = replace(cfg.export, resolution=resolution, texture="uv", texture_size=texture_size, faces=faces,
+    export = replace(cfg.export, grid_size=resolution, texture="uv", texture_size=texture_size, faces=faces,
                      views=0, video=False)
     runs = []
     for _ in range(repeats):

@@ -6,11 +6,11 @@ from threed.recipe import load_recipe
 
 ENCODING = ["n_levels=4", "log2_hashmap_size=12", "max_resolution=64", "base_resolution=4"]
 SMALL = ([f"stages.*.scene.geometry.encoding.{e}" for e in ENCODING]
-         + ["stages.*.resolution=24", "stages.*.scene.geometry.hidden_dim=16", "stages.*.scene.background.kind=solid",
+         + ["stages.*.render_size=24", "stages.*.scene.geometry.hidden_dim=16", "stages.*.scene.background.kind=solid",
             "stages.*.val_every=0", "stages.*.ckpt_every=2", "stages.*.cameras.batch_size=1",
-            "export.resolution=24", "export.video=false", "export.views=0", "export.texture=vertex",
+            "export.grid_size=24", "export.video=false", "export.views=0", "export.texture=vertex",
             "export.formats=[glb]", "max_steps=3"])
-MESH = ["scene.geometry.resolution=12", "scene.init_resolution=24"]
+MESH = ["scene.geometry.grid_size=12", "scene.init_grid_size=24"]
 
 
 def small(recipe: str) -> list[str]:

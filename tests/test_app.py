@@ -28,7 +28,7 @@ CHROMIUM = os.environ.get("THREED_CHROMIUM") or shutil.which("chromium") or "/us
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 """Without the networking flags Chromium keeps trying to reach Google's services from the closed network."""
-TINY = ["stages.0.val_resolution=32", "stages.0.val_views=2", "export.resolution=32", "export.video_frames=4",
+TINY = ["stages.0.val_resolution=32", "stages.0.val_views=2", "export.grid_size=32", "export.video_frames=4",
         "export.video_resolution=48", "export.views=0", "export.texture=vertex"]
 """Overrides that keep a toy-world job to seconds of compute while still exporting every file and a turntable."""
 TRAVERSALS = ["../../etc", "..", ".", "/etc", "a/../../b", "..\\..\\windows", ".hidden", "", "run\x00x"]

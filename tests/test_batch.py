@@ -24,7 +24,7 @@ from threed.errors import ThreedError
 
 TINY = [
     "max_steps=6",
-    "stages.0.resolution=16",
+    "stages.0.render_size=16",
     "stages.0.ckpt_every=1",
     "stages.0.val_every=0",
     "stages.0.scene.geometry.encoding.n_levels=4",
@@ -34,7 +34,7 @@ TINY = [
     "export.video=false",
     "export.views=0",
     "export.texture=vertex",
-    "export.resolution=32",
+    "export.grid_size=32",
 ]
 GOOD = ["a red cube", "a blue sphere", "a green cone", "a yellow torus"]
 

@@ -13,7 +13,7 @@ from threed.stage import Stage
 
 # A CPU-sized scene: small hash grid, few samples, small images. Same code path as the shipped recipes.
 SMALL = [
-    "stages.0.resolution=24",
+    "stages.0.render_size=24",
     "stages.0.scene.geometry.encoding.n_levels=4",
     "stages.0.scene.geometry.encoding.log2_hashmap_size=12",
     "stages.0.scene.geometry.encoding.max_resolution=64",
@@ -23,7 +23,7 @@ SMALL = [
     "stages.0.val_views=2",
     "stages.0.val_resolution=24",
     "stages.0.ckpt_every=3",
-    "export.resolution=32",
+    "export.grid_size=32",
     "export.video_frames=3",
     "export.video_resolution=32",
     "export.texture_size=64",
@@ -75,10 +75,10 @@ def test_export_and_render_commands(tiny_sd_dir, tmp_path, capsys):
     assert generate("a wooden chair", "--recipe", "dreamfusion-sd", "--out", str(run), f"model={tiny_sd_dir}",
                     "max_steps=3", *SMALL, "export.video=false", "export.formats=[glb]") == 0
     assert not (run / "export" / "model.obj").exists()
-    assert main(["export", str(run), "--format", "obj", "--format", "ply", "--resolution", "24"]) == 0
+    assert main(["export", str(run), "--format", "obj", "--format", "ply", "--grid-size", "24"]) == 0
     assert trimesh.load(run / "export" / "model.obj", force="mesh").faces.shape[0] > 0
     video = tmp_path / "spin.mp4"
-    assert main(["render", str(run), "--output", str(video), "--frames", "2", "--resolution", "16"]) == 0
+    assert main(["render", str(run), "--output", str(video), "--frames", "2", "--size", "16"]) == 0
     assert video.stat().st_size > 0
 
 

@@ -73,18 +73,18 @@ def test_marching_tets_is_differentiable_and_handles_empty_level_sets():
 
 
 def test_dmtet_starts_from_a_sphere_or_ellipsoid():
-    dmtet = DMTet(DMTetConfig(resolution=24, encoding=SMALL_GRID))
+    dmtet = DMTet(DMTetConfig(grid_size=24, encoding=SMALL_GRID))
     tm = dmtet.mesh().to_trimesh()
     assert tm.is_watertight
     assert abs(tm.area / (4 * math.pi * 0.25) - 1) < 0.02
-    ell = DMTet(DMTetConfig(resolution=24, init="ellipsoid", init_radii=(0.6, 0.3, 0.4), encoding=SMALL_GRID))
+    ell = DMTet(DMTetConfig(grid_size=24, init="ellipsoid", init_radii=(0.6, 0.3, 0.4), encoding=SMALL_GRID))
     extent = ell.mesh().vertices.abs().amax(0)
     torch.testing.assert_close(extent, torch.tensor([0.6, 0.3, 0.4]), atol=2.0 / 24, rtol=0)
 
 
 def test_field_sdf_is_fitted_to_the_starting_shape():
     torch.manual_seed(0)
-    dmtet = DMTet(DMTetConfig(resolution=16, sdf="field", encoding=SMALL_GRID, hidden_dim=16))
+    dmtet = DMTet(DMTetConfig(grid_size=16, sdf="field", encoding=SMALL_GRID, hidden_dim=16))
     error = dmtet.init_shape(lambda x: x.norm(dim=-1) - 0.5, steps=200)
     assert error < 0.05
     radial = dmtet.mesh().vertices.norm(dim=-1)
@@ -94,7 +94,7 @@ def test_field_sdf_is_fitted_to_the_starting_shape():
 def test_dmtet_from_a_density_isosurface():
     """NeRF -> DMTet hand-off: the mesh follows where the density crosses the level, between grid vertices."""
     r = 0.43
-    dmtet = DMTet(DMTetConfig(resolution=20, encoding=SMALL_GRID))
+    dmtet = DMTet(DMTetConfig(grid_size=20, encoding=SMALL_GRID))
     dmtet.init_from_density(lambda x: 100.0 * torch.exp(-(x.norm(dim=-1) / r) ** 2 * math.log(10.0)), level=10.0)
     mesh = dmtet.mesh()
     assert mesh.to_trimesh().is_watertight
@@ -106,7 +106,7 @@ def test_dmtet_from_a_density_isosurface():
 
 def test_rendered_dmtet_trains_sdf_deformation_and_albedo():
     torch.manual_seed(0)
-    dmtet = DMTet(DMTetConfig(resolution=12, encoding=SMALL_GRID))
+    dmtet = DMTet(DMTetConfig(grid_size=12, encoding=SMALL_GRID))
     renderer = MeshRenderer(MeshRendererConfig(), dmtet, Background())
     cams = Cameras.orbit([10.0, 30.0], [0.0, 140.0], 2.5, 40.0, 24)
     out = renderer(cams, "lambertian")

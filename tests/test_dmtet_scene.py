@@ -21,21 +21,21 @@ def nerf_scene() -> Scene:
 
 
 def dmtet_scene(**geometry) -> Scene:
-    cfg = build(DMTetSceneConfig, {"geometry": {"resolution": 20, "encoding": ENCODING, "hidden_dim": 16,
+    cfg = build(DMTetSceneConfig, {"geometry": {"grid_size": 20, "encoding": ENCODING, "hidden_dim": 16,
                                                 **geometry}})
     return Scene(cfg).eval()
 
 
 def test_stage_config_builds_a_dmtet_scene_by_kind():
-    cfg = build(StageConfig, {"scene": {"kind": "dmtet", "geometry": {"resolution": 16},
+    cfg = build(StageConfig, {"scene": {"kind": "dmtet", "geometry": {"grid_size": 16},
                                         "renderer": {"normals": "face"}}})
-    assert isinstance(cfg.scene, DMTetSceneConfig) and cfg.scene.geometry.resolution == 16
+    assert isinstance(cfg.scene, DMTetSceneConfig) and cfg.scene.geometry.grid_size == 16
     scene = Scene(cfg.scene)
     assert isinstance(scene.renderer, MeshRenderer) and isinstance(scene.geometry, DMTet)
     with pytest.raises(ThreedError, match="dmtet"):
         build(StageConfig, {"scene": {"kind": "voxels"}})
-    with pytest.raises(ThreedError, match="resolution"):
-        build(StageConfig, {"scene": {"kind": "dmtet", "geometry": {"resoltion": 16}}})
+    with pytest.raises(ThreedError, match="grid_size"):
+        build(StageConfig, {"scene": {"kind": "dmtet", "geometry": {"grid_sise": 16}}})
 
 
 def test_parameter_groups_cover_every_parameter_once():
@@ -94,9 +94,9 @@ def test_a_dmtet_stage_trains_checkpoints_and_resumes(tiny_toy_dir, tmp_path):
     from threed.stage import RunContext, Stage
 
     cfg = build(StageConfig, {
-        "name": "refine", "steps": 3, "resolution": 24, "val_every": 3, "val_views": 2, "val_resolution": 24,
+        "name": "refine", "steps": 3, "render_size": 24, "val_every": 3, "val_views": 2, "val_resolution": 24,
         "ckpt_every": 3,
-        "scene": {"kind": "dmtet", "geometry": {"resolution": 12, "encoding": ENCODING, "hidden_dim": 16},
+        "scene": {"kind": "dmtet", "geometry": {"grid_size": 12, "encoding": ENCODING, "hidden_dim": 16},
                   "background": {"kind": "random"}},
         "cameras": {"batch_size": 2}, "loss": {"orient": 0.0}})
     ctx = RunContext(prompt="a red cube", model=str(tiny_toy_dir), device=torch.device("cpu"), seed=0,

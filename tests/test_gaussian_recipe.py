@@ -13,8 +13,8 @@ def test_gaussian_recipe_exports_a_mesh_and_the_gaussians(tmp_path):
     """A short run still makes one object of about the size the Gaussians started at (a ball of radius 0.5)."""
     run = tmp_path / "run"
     assert main(["generate", "a red cube", "--recipe", "gaussian", "--out", str(run), "max_steps=30",
-                 "stages.1.scene.init_resolution=32", "stages.1.scene.geometry.resolution=24",
-                 "export.video=false", "export.views=0", "export.resolution=48", "export.texture=vertex",
+                 "stages.1.scene.init_grid_size=32", "stages.1.scene.geometry.grid_size=24",
+                 "export.video=false", "export.views=0", "export.grid_size=48", "export.texture=vertex",
                  "export.normalize=false"]) == 0
     mesh = trimesh.load(run / "export" / "model.glb", force="mesh")
     extent = mesh.bounds[1] - mesh.bounds[0]

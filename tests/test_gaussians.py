@@ -106,7 +106,7 @@ def test_a_densifying_stage_resumes_exactly_with_the_densified_count(tiny_toy_di
     """Stopping after 4 steps (count changed at step 2 and 4) and resuming to 6 equals running 6 straight."""
     def stage(steps, run_dir):
         cfg = build(StageConfig, {
-            "name": "gs", "steps": steps, "resolution": 24, "val_every": 0, "ckpt_every": 2,
+            "name": "gs", "steps": steps, "render_size": 24, "val_every": 0, "ckpt_every": 2,
             "scene": {"kind": "gaussian", "geometry": {"count": 300, "densify": {
                 "start": 0, "stop": 6, "every": 2, "grad_threshold": 0.0, "max_count": 1000}}},
             "cameras": {"batch_size": 2}, "loss": {"orient": 0.0}})
@@ -175,8 +175,8 @@ def test_hand_offs_nerf_to_gaussians_and_gaussians_to_dmtet():
     torch.testing.assert_close(gauss.geometry.colors, nerf.albedo(gauss.geometry.positions).detach(),
                                atol=1e-3, rtol=0)
     cams = Cameras.orbit([15.0, 15.0, 60.0], [0.0, 120.0, 240.0], 2.75, 40.0, 32)
-    dmtet = Scene(build(DMTetSceneConfig, {"geometry": {"resolution": 16, "encoding": ENCODING, "hidden_dim": 16},
-                                           "init_resolution": 32}))
+    dmtet = Scene(build(DMTetSceneConfig, {"geometry": {"grid_size": 16, "encoding": ENCODING, "hidden_dim": 16},
+                                           "init_grid_size": 32}))
     info = dmtet.init_from(gauss, hand_off_level(dmtet, gauss))
     assert info["albedo"] == "fitted"
     with torch.no_grad():

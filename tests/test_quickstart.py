@@ -14,7 +14,7 @@ def test_short_default_run_exports_a_green_sphere(tmp_path):
     """
     run = tmp_path / "run"
     assert main(["generate", "a green sphere", "--out", str(run), "max_steps=100", "export.video=false",
-                 "export.resolution=64"]) == 0
+                 "export.grid_size=64"]) == 0
     score = score_run(run)
     assert score["colour"]["name"] == "green", score["colour"]
     assert score["shape"]["name"] == "sphere", score["shape"]

@@ -61,9 +61,9 @@ def test_resume_continues_mid_recipe(tiny_toy_dir, tmp_path):
 
 
 def test_stage_wildcard_overrides_and_bad_stage_indices(tiny_toy_dir):
-    cfg = load_recipe("prolificdreamer", ["stages.*.resolution=32", "stages.2.resolution=48"])
-    assert [s.resolution for s in cfg.stages] == [32, 32, 48]
+    cfg = load_recipe("prolificdreamer", ["stages.*.render_size=32", "stages.2.render_size=48"])
+    assert [s.render_size for s in cfg.stages] == [32, 32, 48]
     from threed.errors import ThreedError
 
     with pytest.raises(ThreedError, match=r"3 stages.*stages\.\*"):
-        load_recipe("prolificdreamer", ["stages.5.resolution=32"])
+        load_recipe("prolificdreamer", ["stages.5.render_size=32"])

@@ -227,7 +227,7 @@ def test_the_saved_scheduler_says_what_the_unet_learned(prediction_type, tmp_pat
     cfg = build(ToyworldTrainConfig, {
         "model": {"block_out_channels": [8, 16], "norm_num_groups": 8, "attention_head_dim": 4, "text_hidden": 16,
                   "text_heads": 2, "text_layers": 1},
-        "data": {"cache_size": 32, "resolution": 16, "supersample": 1}, "steps": 40, "batch_size": 8,
+        "data": {"cache_size": 32, "image_size": 16, "supersample": 1}, "steps": 40, "batch_size": 8,
         "lr": 3e-3, "warmup_steps": 1, "ema_decay": 0.0, "prediction_type": prediction_type, "snr_floor": 1.0,
         "log_seconds": 1000, "sample_prompts": ["a red cube, front view"], "samples_per_prompt": 1,
         "sample_steps": 1, "eval_bank_views": 1})

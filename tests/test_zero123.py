@@ -182,7 +182,7 @@ def test_reference_view_is_reproduced_on_a_toy_example(tiny_toy_zero123_dir, tmp
     assert isinstance(prior, PixelViewPrior) and prior.pose_as_class
     image = str(EXAMPLES / "blue-cube-with-a-yellow-front.png")
     cfg = load_recipe("quickstart-image", ["stages.0.steps=100", "stages.0.loss.guidance=0",
-                                           "stages.0.cameras.batch_size=1", "stages.0.resolution=16",
+                                           "stages.0.cameras.batch_size=1", "stages.0.render_size=16",
                                            "stages.0.val_every=0"],
                       image=image, image_model=str(tiny_toy_zero123_dir))
     ctx = RunContext(prompt="", model="toyworld", device=torch.device("cpu"), seed=0, max_steps=None,
@@ -222,7 +222,7 @@ def test_view_training_pairs_mirror_with_the_azimuth_change_negated():
     from threed.toyworld.train_config import ViewDataConfig
     from threed.toyworld.train_data import render_views, training_pairs
 
-    cfg = ViewDataConfig(resolution=16, supersample=1, views_per_scene=2, p_overhead=0.0)
+    cfg = ViewDataConfig(image_size=16, supersample=1, views_per_scene=2, p_overhead=0.0)
     cache = render_views(cfg, [Scene.single("cube", "blue", "yellow")], torch.Generator().manual_seed(3),
                          log=lambda _: None)
     target, ref, pose = training_pairs(cache, cfg, 64, torch.Generator().manual_seed(0))

@@ -174,6 +174,7 @@ class CameraSamplerConfig:
     light_jitter_deg: float = 45.0
     """Maximum angle between the light direction and the camera direction."""
     batch_size: int = 1
+    """Cameras per training step (the prior scores them as one batch)."""
     eval_elevation: float = 15.0
     """Elevation of validation and turntable cameras."""
     eval_distance: float = 2.75

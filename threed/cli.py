@@ -92,7 +92,7 @@ def cmd_export(args: Export) -> int:
     run_dir = _existing_run_dir(args.run_dir)
     cfg = load_run_config(run_dir)
     ckpt = last_checkpoint(run_dir, cfg)
-    changes = {"formats": list(args.format) if args.format else None, "resolution": args.resolution,
+    changes = {"formats": list(args.format) if args.format else None, "grid_size": args.grid_size,
                "texture": args.texture, "texture_size": args.texture_size, "views": args.views,
                "normalize": False if args.no_normalize else None}
     changes = {k: v for k, v in changes.items() if v is not None}
@@ -123,7 +123,7 @@ def cmd_render(args: Render) -> int:
     scene = Scene.from_checkpoint(last_checkpoint(run_dir, cfg), device)
     out = Path(args.output) if args.output else run_layout(run_dir, cfg).export.turntable
     path = write_turntable(lambda cams: scene.render_eval(cams.to(device), args.shading), out,
-                           n_frames=args.frames, resolution=args.resolution)
+                           n_frames=args.frames, resolution=args.size)
     print(f"video: {path}")
     return 0
 

@@ -82,7 +82,7 @@ class Generate(Command):
                                          "image to 3D: threed generate --image photo.png [--mask mask.png] [PROMPT] ...")
 
     items: list[str] = option("the prompt, then recipe overrides such as max_steps=200 or "
-                              "stages.0.resolution=128", positional=True, metavar="PROMPT KEY=VALUE")
+                              "stages.0.render_size=128", positional=True, metavar="PROMPT KEY=VALUE")
     recipe: str | None = option(f"recipe name (see `threed recipes`) or YAML path; default {DEFAULT_RECIPE}, or "
                                 f"{DEFAULT_IMAGE_RECIPE} with --image")
     image: str | None = option("image-to-3D: the reference photo (RGBA, or RGB with --mask); the prompt becomes "
@@ -113,7 +113,8 @@ class Export(Command):
     run_dir: str = option("the run directory", positional=True, default="")
     format: list[str] = option("format to write; repeat for several (default: the recipe's export.formats)",
                                choices=("glb", "obj", "ply"), repeat=True)
-    resolution: int | None = option("marching-cubes grid resolution")
+    grid_size: int | None = option("marching-cubes grid points per axis (default: the recipe's export.grid_size)",
+                                   metavar="N")
     faces: int | None = option("decimate to at most N faces (0: keep all; default: the recipe's export.faces)",
                                metavar="N")
     texture: str | None = option("uv: unwrap and bake a texture PNG; vertex: vertex colours only (faster)",
@@ -135,7 +136,7 @@ class Render(Command):
     run_dir: str = option("the run directory", positional=True, default="")
     output: str | None = option("video path (default RUN_DIR/export/turntable.mp4)")
     frames: int = option("frames in the turntable", default=60)
-    resolution: int = option("pixels per side of each frame", default=256)
+    size: int = option("pixels per side of each frame", default=256)
     shading: str = option("shading of the frames", choices=SHADINGS, default="albedo")
 
 

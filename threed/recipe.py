@@ -50,11 +50,16 @@ class RecipeConfig:
     image_model: str | None = None
     """View-conditioned prior for image-to-3D recipes."""
     seed: int = 0
+    """Seeds every stage (stage ``i``: torch's generator with ``seed + 1000 i``, its shading draws with
+    ``seed + i``), so a seed gives the same run on the same machine."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: CUDA when torch sees a device, else the CPU."""
     max_steps: int | None = None
     """Caps every stage's steps (smoke runs)."""
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    """The stages, run in order in one run directory; each hands its geometry to the next."""
     export: ExportConfig = field(default_factory=ExportConfig)
+    """What is written at the end (and by ``threed export`` by default)."""
 
     def __post_init__(self):
         if not self.stages:

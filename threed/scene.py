@@ -50,8 +50,8 @@ class FromDensityConfig:
     init_level: float | None = None
     """Density level of the previous stage's surface; None chooses it automatically, as mesh export does
     (threed.export.isosurface)."""
-    init_resolution: int = 64
-    """Grid resolution at which that automatic level is judged."""
+    init_grid_size: int = 64
+    """Points per axis of the grid on which that automatic level is judged."""
 
 
 @dataclass

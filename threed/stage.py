@@ -47,15 +47,20 @@ class StageConfig:
     """Name used for the stage's folder in the run directory."""
     steps: int = 5000
     """Optimisation steps (capped by the recipe's ``max_steps``)."""
-    resolution: int = 64
-    """Render resolution (pixels, square) during training."""
+    render_size: int = 64
+    """Pixels per side of the training renders (square images)."""
     model: str | None = None
     """Diffusion prior of this stage; None uses the recipe's ``model``."""
     scene: SceneConfig = field(default_factory=NeRFSceneConfig)
+    """What is optimised: the representation (``kind``), its renderer, background and shading (threed.scene)."""
     guidance: GuidanceConfig = field(default_factory=SDSConfig)
+    """How the prior scores the renders (``kind``: sds, nfsd, vsd, zero123, ...; threed.guidance.score)."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    """How the recipe's prompt is conditioned: view-dependent suffixes, negative prompt (threed.guidance.prompts)."""
     cameras: CameraSamplerConfig = field(default_factory=CameraSamplerConfig)
+    """Where the random training cameras are drawn from, and how many per step (``batch_size``)."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Adam learning rates per parameter group (threed.geometry.base)."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Weights of the guidance and of each regulariser (threed.regularizers)."""
     reference: ReferenceConfig | None = None
@@ -65,7 +70,9 @@ class StageConfig:
     val_every: int = 200
     """Write a validation grid every this many steps (and at the end); 0 disables."""
     val_views: int = 4
+    """Turntable views per validation grid (columns)."""
     val_resolution: int = 96
+    """Pixels per side of each validation view."""
     ckpt_every: int = 100
     """Checkpoint every this many steps (and at the end)."""
     log_every: int = 10
@@ -93,14 +100,14 @@ class RunContext:
 def hand_off_level(scene: Scene, previous: Scene) -> float:
     """The density level of ``previous``'s surface that ``scene`` starts on (:meth:`Scene.init_from`): the
     configured ``init_level``, else the automatic level of mesh export (threed.export.isosurface), judged on
-    a grid of ``init_grid`` points per axis."""
+    a grid of ``init_grid_size`` points per axis."""
     cfg = scene.cfg
     if not isinstance(cfg, FromDensityConfig) or not previous.has_density:
         raise ThreedError(f"a {cfg.kind} scene cannot start from a {previous.cfg.kind} scene; "
                           "supported: nerf -> dmtet, gaussian -> dmtet, nerf -> gaussian")
     if cfg.init_level is not None:
         return cfg.init_level
-    _, info = extract_mesh(previous.density, radius=previous.radius, resolution=cfg.init_resolution,
+    _, info = extract_mesh(previous.density, radius=previous.radius, resolution=cfg.init_grid_size,
                            device=next(previous.parameters()).device)
     return float(info["level"])
 
@@ -180,7 +187,7 @@ class Stage:
         tr.scene.update(step)
         tr.guidance.update(step, self.total_steps)
         with phase("render"):
-            cameras = self.sampler.sample(cfg.resolution).to(self.ctx.device)
+            cameras = self.sampler.sample(cfg.render_size).to(self.ctx.device)
             out = tr.scene(cameras, choose_shading(cfg.scene.shading, step, tr.rng))
         with phase("guidance"):
             g = tr.guidance(out, cameras)

@@ -204,7 +204,7 @@ def build(root: Path, queue: JobQueue | None = None):
                     model = gr.Textbox(label="Model", placeholder=model_hint(default.name),
                                        elem_id="threed-model")
                     overrides = gr.Textbox(label="Recipe overrides (KEY=VALUE, one per line)", lines=3,
-                                           placeholder="export.resolution=256\nstages.0.guidance.guidance_scale=50",
+                                           placeholder="export.grid_size=256\nstages.0.guidance.guidance_scale=50",
                                            elem_id="threed-overrides")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="threed-generate")

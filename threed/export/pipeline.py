@@ -53,8 +53,8 @@ class ExportConfig:
 
     formats: list[Format] = ("glb", "obj", "ply")  # type: ignore[assignment]
     """Mesh formats to write into ``export/``."""
-    resolution: int = 128
-    """Marching-cubes grid resolution per axis."""
+    grid_size: int = 128
+    """Points per axis of the marching-cubes grid."""
     level: float | None = None
     """Isosurface density level; None chooses it automatically (see threed.export.isosurface)."""
     min_component_fraction: float = 0.05
@@ -112,7 +112,7 @@ class Assets:
 def surface_mesh(scene: Scene, export: ExportConfig, device: torch.device) -> tuple[trimesh.Trimesh, dict]:
     """The scene's surface in world coordinates: marching cubes for a density (NeRF, Gaussians), else the mesh."""
     if scene.has_density:
-        mesh, info = extract_mesh(scene.density, radius=scene.radius, resolution=export.resolution,
+        mesh, info = extract_mesh(scene.density, radius=scene.radius, resolution=export.grid_size,
                                   level="auto" if export.level is None else export.level, device=device)
         return mesh, {"level": float(info["level"]), "silhouette_iou": float(info["iou"])}
     mesh = scene.mesh().to_trimesh()

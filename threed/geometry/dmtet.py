@@ -148,7 +148,7 @@ class DMTetConfig:
 
     radius: float = 1.0
     """Half side of the grid's cube."""
-    resolution: int = 32
+    grid_size: int = 32
     """Grid cells per axis (6 tets per cell); 32 suits a CPU, 64-128 a GPU."""
     sdf: Literal["grid", "field"] = "grid"
     """``grid``: free SDF and offset parameters per grid vertex; ``field``: a hash-grid MLP gives both."""
@@ -168,8 +168,8 @@ class DMTetConfig:
     """Hidden layers of those MLPs."""
 
     def __post_init__(self):
-        if self.radius <= 0 or self.resolution < 2:
-            raise ValueError(f"need radius > 0 and resolution >= 2, got {self.radius} and {self.resolution}")
+        if self.radius <= 0 or self.grid_size < 2:
+            raise ValueError(f"need radius > 0 and grid_size >= 2, got {self.radius} and {self.grid_size}")
         if not 0 <= self.deform_scale < 0.5:
             raise ValueError(f"deform_scale must lie in [0, 0.5) cells, got {self.deform_scale}")
         if len(self.init_radii) != 3 or min(self.init_radii) <= 0 or max(self.init_radii) >= self.radius:
@@ -207,7 +207,7 @@ class DMTet(Geometry):
     def __init__(self, cfg: DMTetConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or DMTetConfig()
-        grid, tets = tet_grid(cfg.resolution, cfg.radius)
+        grid, tets = tet_grid(cfg.grid_size, cfg.radius)
         self.register_buffer("grid", grid, persistent=False)
         self.register_buffer("tets", tets, persistent=False)
         n = grid.shape[0]
@@ -244,7 +244,7 @@ class DMTet(Geometry):
     @property
     def cell(self) -> float:
         """Grid spacing in world units."""
-        return 2.0 * self.cfg.radius / self.cfg.resolution
+        return 2.0 * self.cfg.radius / self.cfg.grid_size
 
     def _unit(self, points: Tensor) -> Tensor:
         return ((points + self.cfg.radius) / (2.0 * self.cfg.radius)).clamp(0.0, 1.0)
@@ -382,7 +382,7 @@ class DMTet(Geometry):
         """
         from scipy import ndimage
 
-        n = self.cfg.resolution + 1
+        n = self.cfg.grid_size + 1
         density = torch.cat([density_fn(p).reshape(-1).float() for p in self.grid.split(chunk)])
         inside = (density > level).view(n, n, n).cpu().numpy()
         if not inside.any() or inside.all():

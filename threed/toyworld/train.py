@@ -55,7 +55,7 @@ class TextPrior(ToyPrior):
         if (self.captions == self.tokenizer.unk_token_id).any():
             raise ThreedError("a training caption tokenizes to [UNK]; the vocabulary is incomplete")
         self.uncond = tokenize(self.tokenizer, [""])[0]
-        unet, self.text_encoder = build_models(cfg.model, len(self.words), d.resolution)
+        unet, self.text_encoder = build_models(cfg.model, len(self.words), d.image_size)
         self.unet = unet.to(memory_format=torch.channels_last)  # pyright: ignore[reportCallIssue]
         self.modules = {"unet": self.unet, "text_encoder": self.text_encoder}
 

@@ -98,7 +98,7 @@ def sample_report(cfg: ToyworldTrainConfig, unet, text_encoder, tokenizer, sched
     """
     import imageio.v3 as iio
 
-    res, k = cfg.data.resolution, cfg.samples_per_prompt
+    res, k = cfg.data.image_size, cfg.samples_per_prompt
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     prompts = list(cfg.sample_prompts)
     judge = ShapeJudge(res, cfg.eval_bank_views)
@@ -143,7 +143,7 @@ def model_card(s: dict) -> str:
     loss_rows = "\n".join(f"| {hist[i][0]} | {hist[i][1]:.4f} | {hist[i][2] / 60:.1f} |" for i in picks)
     return f"""# threed toy-world prior
 
-A tiny text-to-image diffusion model in pixel space ({d['resolution']} x {d['resolution']} RGB in [-1, 1], no VAE),
+A tiny text-to-image diffusion model in pixel space ({d['image_size']} x {d['image_size']} RGB in [-1, 1], no VAE),
 trained from scratch on procedural renders of threed's toy world (`threed/toyworld/`), so that
 `threed generate "a red cube"` runs offline on a CPU and can be scored against exact ground truth.
 It knows nothing outside the toy world.
@@ -230,7 +230,7 @@ def view_sample_report(cfg: ViewTrainConfig, folder: Path, path: Path) -> list[d
     prior = load_view_prior(str(folder))
     if not isinstance(prior, PixelViewPrior):
         raise ThreedError(f"{folder} is not a pixel-space view prior")
-    res, d = cfg.data.resolution, cfg.data
+    res, d = cfg.data.image_size, cfg.data
     judge = ShapeJudge(res, 32)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     rows, report = [], []
@@ -265,7 +265,7 @@ def view_model_card(s: dict) -> str:
     colour = float(np.mean([r["colour_ok"] for r in s["eval"]]))
     return f"""# threed toy-world view prior (a tiny Zero-1-to-3)
 
-p(view | reference image, relative camera) in pixel space ({d['resolution']} x {d['resolution']} RGB in [-1, 1]),
+p(view | reference image, relative camera) in pixel space ({d['image_size']} x {d['image_size']} RGB in [-1, 1]),
 trained from scratch on renders of threed's toy world so that `threed generate --image
 assets/examples/<toy>.png` runs offline on a CPU (`image_model=toyworld`). It knows nothing outside the toy world.
 
@@ -275,7 +275,7 @@ assets/examples/<toy>.png` runs offline on a CPU (`image_model=toyworld`). It kn
 | --- | --- | --- |
 | `unet/` | diffusers `UNet2DConditionModel`, input [noisy view, framed reference] (6 channels), blocks {tuple(m['block_out_channels'])}, cross-attention at 8 x 8, pose class embedding (`class_embed_type="projection"`) | {s['params'] / 1e6:.2f} M params in all (UNet, encoder, projection) |
 | `image_encoder/` | transformers `CLIPVisionModelWithProjection`, {m['encoder_layers']} layers, width {m['encoder_width']}, {m['encoder_patch']}-px patches, {m['image_dim']}-d embedding, trained jointly | |
-| `feature_extractor/` | `CLIPImageProcessor` at {d['resolution']} px, CLIP's mean and std | |
+| `feature_extractor/` | `CLIPImageProcessor` at {d['image_size']} px, CLIP's mean and std | |
 | `cc_projection/` | `Linear({m['image_dim']} + 4, {m['token_dim']})`: the cross-attention token from [image embedding, pose], Zero123's layout | |
 | `scheduler/` | diffusers `DDPMScheduler`, {c['train_timesteps']} steps, cosine betas, {c['prediction_type']} | |
 

@@ -28,7 +28,7 @@ class UNetSizes:
 class RenderDataConfig:
     """How a toy prior's training images are rendered, and which scenes are never shown."""
 
-    resolution: int = 32
+    image_size: int = 32
     """Image side in pixels."""
     supersample: int = 2
     """Rays per pixel side when rendering (antialiasing)."""

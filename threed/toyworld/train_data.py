@@ -79,7 +79,7 @@ def sample_backgrounds(cfg: ToyworldDataConfig, scene: Scene, modes: Sequence[st
 def render_cache(cfg: ToyworldDataConfig, scenes: Sequence[Scene], generator: torch.Generator,
                  log=print) -> RenderCache:
     """Render ``cfg.cache_size`` training images of the given scenes (families mixed as configured)."""
-    n, res = cfg.cache_size, cfg.resolution
+    n, res = cfg.cache_size, cfg.image_size
     single = [i for i, s in enumerate(scenes) if len(s.objects) == 1 and s.objects[0].front_colour is None]
     asym = [i for i, s in enumerate(scenes) if len(s.objects) == 1 and s.objects[0].front_colour is not None]
     pair = [i for i, s in enumerate(scenes) if len(s.objects) == 2]
@@ -155,7 +155,7 @@ class ViewCache:
 
 def render_views(cfg: ViewDataConfig, scenes: list[Scene], generator: torch.Generator, log=print) -> ViewCache:
     """``views_per_scene`` renders of every scene over white, albedo or lambertian."""
-    v, res = cfg.views_per_scene, cfg.resolution
+    v, res = cfg.views_per_scene, cfg.image_size
     imgs, masks, el, az, dist = [], [], [], [], []
     t0 = time.time()
     for k, scene in enumerate(scenes):
@@ -181,7 +181,7 @@ def training_pairs(cache: ViewCache, cfg: ViewDataConfig, batch: int, generator:
     i = scene * v + torch.randint(0, v, (batch,), generator=generator)
     j = scene * v + torch.randint(0, v, (batch,), generator=generator)
     ref_rgb, ref_mask = cache.images[i].float() / 255, cache.masks[i].float() / 255
-    ref, _, _ = frame_object(ref_rgb, ref_mask, cfg.fill_ratio, cfg.resolution)
+    ref, _, _ = frame_object(ref_rgb, ref_mask, cfg.fill_ratio, cfg.image_size)
     target = cache.images[j].float() / 255
     pose = relative_pose(cache.elevation[j], cache.azimuth[j], cache.distance[j], cache.elevation[i],
                          cache.azimuth[i], cache.distance[i], "zero123")

@@ -58,7 +58,7 @@ class ViewPrior(ToyPrior):
     def build(self) -> None:
         cfg, d = self.cfg, self.cfg.data
         self.scenes = catalogue(held_out=d.held_out, asymmetric=True, pairs=False)
-        self.unet, self.projection, self.encoder, self.processor = build_view_models(cfg.model, d.resolution)
+        self.unet, self.projection, self.encoder, self.processor = build_view_models(cfg.model, d.image_size)
         # the saved processor's own size and statistics, which guidance reads back (ViewConditionedPrior)
         self.clip_size, mean, std = clip_preprocessing(self.processor)
         self.clip_mean, self.clip_std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
