@@ -49,7 +49,7 @@ def blender_python() -> str | None:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("blender")
-    cfg = ExportConfig(resolution=48, faces=2000, texture_size=128, views=0, video=False)
+    cfg = ExportConfig(grid_size=48, faces=2000, texture_size=128, views=0, video=False)
     export_scene(analytic_scene(num_samples=64), out, cfg, torch.device("cpu"))
     return out
 

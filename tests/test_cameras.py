@@ -61,7 +61,8 @@ def test_overhead_label():
 
 
 def test_sampler_ranges_and_seed():
-    cfg = CameraSamplerConfig(elevation_range=(0, 30), distance_range=(2, 2.5), fovy_range=(40, 50), batch_size=64)
+    cfg = CameraSamplerConfig(elevation_range=(0.0, 30.0), distance_range=(2.0, 2.5), fovy_range=(40.0, 50.0),
+                              batch_size=64)
     sampler = CameraSampler(cfg)
     a = sampler.sample(16, generator=torch.Generator().manual_seed(1))
     b = sampler.sample(16, generator=torch.Generator().manual_seed(1))

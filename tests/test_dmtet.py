@@ -7,6 +7,7 @@ import torch
 
 from threed.cameras import Cameras
 from threed.geometry.dmtet import DMTet, DMTetConfig, marching_tets, tet_grid
+from type_checks import refused
 from threed.geometry.encoding import HashGridConfig
 from threed.render.background import Background
 from threed.render.raster import MeshRenderer, MeshRendererConfig
@@ -68,7 +69,7 @@ def test_marching_tets_is_differentiable_and_handles_empty_level_sets():
     assert sdf.grad.sum() < 0 and positions.grad.abs().sum() > 0
     empty = marching_tets(vertices, tets, torch.ones(vertices.shape[0]))
     assert empty.vertices.shape == (0, 3) and empty.faces.shape == (0, 3)
-    with pytest.raises(ValueError, match="one value per vertex"):
+    with refused("one value per vertex"):
         marching_tets(vertices, tets, torch.ones(3))
 
 

@@ -25,7 +25,7 @@ WORLD_HI = np.maximum(BALL_RADIUS, np.asarray(BOX_CENTRE) + BOX_HALF) + RIM
 
 
 def small(**changes) -> ExportConfig:
-    base = dict(resolution=64, faces=3000, texture_size=256, views=0, video=False)
+    base = dict(grid_size=64, faces=3000, texture_size=256, views=0, video=False)
     return ExportConfig(**{**base, **changes})
 
 
@@ -149,7 +149,7 @@ def test_a_dmtet_scene_exports_its_own_surface(tmp_path):
     from threed.scene import DMTetSceneConfig, Scene
 
     torch.manual_seed(0)
-    scene = Scene(DMTetSceneConfig(geometry=DMTetConfig(resolution=24, init="ellipsoid",
+    scene = Scene(DMTetSceneConfig(geometry=DMTetConfig(grid_size=24, init="ellipsoid",
                                                         init_radii=(0.6, 0.3, 0.45)))).eval()
     files = export_scene(scene, tmp_path, small(faces=2000, texture_size=128, views=3, view_resolution=48), CPU)
     report = json.loads(files["report"].read_text())

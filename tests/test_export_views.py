@@ -27,7 +27,7 @@ def scene():
 @pytest.fixture(scope="module")
 def exported(scene, tmp_path_factory):
     out = tmp_path_factory.mktemp("views")
-    cfg = ExportConfig(resolution=64, faces=4000, texture_size=256, views=VIEWS, view_resolution=RES, video=False)
+    cfg = ExportConfig(grid_size=64, faces=4000, texture_size=256, views=VIEWS, view_resolution=RES, video=False)
     files = export_scene(scene, out, cfg, CPU)
     return out, files, json.loads((out / "export.json").read_text())
 
@@ -94,7 +94,7 @@ def test_contact_sheet_layout(exported):
 
 def test_side_by_side_turntable_with_gif_fallback(scene, tmp_path, monkeypatch):
     monkeypatch.setattr(video, "ffmpeg_available", lambda: False)
-    cfg = ExportConfig(resolution=48, faces=1000, texture_size=64, views=0, video=True, video_frames=3,
+    cfg = ExportConfig(grid_size=48, faces=1000, texture_size=64, views=0, video=True, video_frames=3,
                        video_resolution=32, formats=["glb"])
     files = export_scene(scene, tmp_path, cfg, CPU)
     assert files["video"] == tmp_path / "turntable.gif"

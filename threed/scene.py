@@ -131,7 +131,9 @@ class Scene(nn.Module):
 
     @property
     def geometry(self) -> Geometry:
-        return self.renderer.geometry
+        geometry = self.renderer.geometry
+        assert isinstance(geometry, Geometry)  # a scene's renderer always draws one of its kind's geometries
+        return geometry
 
     @property
     def background(self) -> Background:

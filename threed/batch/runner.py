@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from tqdm import tqdm
 
@@ -62,6 +62,7 @@ class BatchConfig:
             raise ThreedError(f"cpus_per_job must be at least 1, got {self.cpus_per_job}")
 
 
+@runtime_checkable
 class Pool(Protocol):
     """What the runner needs from its workers (:class:`~threed.batch.local.LocalPool`, ``RayPool``)."""
 

@@ -38,6 +38,7 @@ from threed.export.texture import bake_albedo
 from threed.export.video import write_turntable
 from threed.export.views import AssetRenderer, side_by_side, view_cameras, write_contact_sheet
 from threed.files import write_bytes_atomic
+from threed.geometry.gaussians import Gaussians
 from threed.render.output import RenderOut
 from threed.render.shading import Shading
 from threed.run import ExportDir
@@ -192,7 +193,7 @@ def export_scene(scene: Scene, out_dir: Path, export: ExportConfig, device: torc
         info["views"] = write_contact_sheet(render_field, asset, cameras, out.views)
         info["seconds"]["views"] = round(time.perf_counter() - started, 3)
         files["views"] = out.views
-    if scene.cfg.kind == "gaussian":
+    if isinstance(scene.geometry, Gaussians):
         files["gaussians"] = write_gaussians_ply(scene.geometry, out.gaussians)
         info["gaussians"] = scene.geometry.count
     write_bytes_atomic(out.report, json.dumps(info, indent=2).encode())
@@ -218,6 +219,7 @@ def export_checkpoint(ckpt: Checkpoint, out: ExportDir, export: ExportConfig, de
     scene = Scene.from_checkpoint(ckpt, device)
     report = {"stage": ckpt.stage, "step": ckpt.step, "total_steps": ckpt.total_steps}
     files = export_scene(scene, out.root, export, device, report, video)
-    if "gaussians" not in files and gaussians is not None:
-        files["gaussians"] = write_gaussians_ply(Scene.from_checkpoint(gaussians, device).geometry, out.gaussians)
+    source = Scene.from_checkpoint(gaussians, device).geometry if gaussians is not None else None
+    if "gaussians" not in files and isinstance(source, Gaussians):
+        files["gaussians"] = write_gaussians_ply(source, out.gaussians)
     return files

@@ -47,11 +47,14 @@ def turntable_cameras(n_frames: int = 60, resolution: int = 256, elevation: floa
     return Cameras.orbit(elevation, azimuth, distance, fovy, resolution)
 
 
-@torch.no_grad()
 def render_frames(render_fn: RenderFn, cameras: Cameras, chunk: int = 4) -> Iterator[np.ndarray]:
-    """Render ``cameras`` ``chunk`` at a time under no_grad; yields ``H x W x 3`` uint8 frames in order."""
+    """Render ``cameras`` ``chunk`` at a time under no_grad; yields ``H x W x 3`` uint8 frames in order.
+
+    No-grad is entered inside the loop (not as a decorator), so it holds whenever the generator resumes,
+    whatever wraps this function."""
     for start in range(0, len(cameras), chunk):
-        out = render_fn(cameras[start:start + chunk])
+        with torch.no_grad():
+            out = render_fn(cameras[start:start + chunk])
         yield from to_uint8(out.rgb[..., :3])
 
 

@@ -202,6 +202,11 @@ class DMTet(Geometry):
     ``torch.manual_seed`` fixes the geometry.
     """
 
+    grid: Tensor
+    """Tet-grid vertices (buffer)."""
+    tets: Tensor
+    """Tetrahedra as vertex indices (buffer)."""
+
     surface = "mesh"
 
     def __init__(self, cfg: DMTetConfig | None = None):

@@ -106,6 +106,13 @@ class HashGrid(nn.Module):
     differentiable (analytic normals).
     """
 
+    _scale: Tensor
+    _size: Tensor
+    _offset: Tensor
+    _strides: Tensor
+    _primes: Tensor
+    _01: Tensor
+
     def __init__(self, cfg: HashGridConfig, n_input_dims: int = 3):
         super().__init__()
         if n_input_dims != 3:

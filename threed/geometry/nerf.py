@@ -80,6 +80,8 @@ class NeRFField(Geometry):
     Every parameter is initialised from torch's global RNG, so ``torch.manual_seed`` fixes the field.
     """
 
+    _tetrahedron: Tensor
+
     surface = "density"
 
     def __init__(self, cfg: NeRFFieldConfig | None = None):

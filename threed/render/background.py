@@ -52,6 +52,9 @@ def frequency_encoding(x: Float[Tensor, "*N D"], n_frequencies: int) -> Float[Te
 class Background(nn.Module):
     """``forward(dirs: B x H x W x 3 unit view directions, training) -> B x H x W x 3`` in [0, 1]."""
 
+    color: Tensor
+    """The solid colour (buffer)."""
+
     def __init__(self, cfg: BackgroundConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or BackgroundConfig()

@@ -148,9 +148,10 @@ def project_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], 
                       visible=visible)
 
 
-def gaussian_alpha(pixels: Float[Tensor, "*M P 2"], means2d: Float[Tensor, "*M 1 2"],
-                   conics: Float[Tensor, "*M 1 3"], opacity: Float[Tensor, "*M 1"]) -> Float[Tensor, "*M P"]:
-    """Step 2: ``min(0.99, opacity * exp(-1/2 d^T Sigma'^-1 d))``, 0 below 1/255 (shapes broadcast)."""
+def gaussian_alpha(pixels: Float[Tensor, "*#M 2"], means2d: Float[Tensor, "*#M 2"], conics: Float[Tensor, "*#M 3"],
+                   opacity: Float[Tensor, "*#M"]) -> Float[Tensor, "*#M"]:
+    """Step 2: ``min(0.99, opacity * exp(-1/2 d^T Sigma'^-1 d))``, 0 below 1/255; the leading dimensions broadcast
+    (e.g. pixels ``... 1 P``, Gaussians ``... K 1``, alpha ``... K P``)."""
     d = pixels - means2d
     dx, dy = d[..., 0], d[..., 1]
     power = -0.5 * (conics[..., 0] * dx * dx + conics[..., 2] * dy * dy) - conics[..., 1] * dx * dy

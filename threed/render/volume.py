@@ -114,6 +114,11 @@ class VolumeRenderer(Renderer):
     with the field.
     """
 
+    occupancy: Tensor
+    """EMA of the maximum density seen in each cell (buffer)."""
+    occupancy_active: Tensor
+    """Whether empty-space skipping is on yet (buffer)."""
+
     def __init__(self, cfg: VolumeRendererConfig, geometry: nn.Module, background: Background,
                  shading: ShadingConfig | None = None):
         super().__init__(cfg, geometry, background, shading)

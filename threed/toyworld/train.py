@@ -43,6 +43,8 @@ from threed.toyworld.train_models import build_models, build_tokenizer, save_pri
 class TextPrior(ToyPrior):
     """The text-to-image prior's networks (UNet + text encoder + tokenizer), captioned renders and card."""
 
+    cfg: ToyworldTrainConfig
+
     def __init__(self, cfg: ToyworldTrainConfig):
         self.cfg = cfg
 

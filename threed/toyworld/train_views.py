@@ -52,6 +52,8 @@ from threed.toyworld.train_models import build_view_models, save_view_prior
 class ViewPrior(ToyPrior):
     """The view prior's networks (UNet, pose projection, CLIP image encoder), view pairs and card."""
 
+    cfg: ViewTrainConfig
+
     def __init__(self, cfg: ViewTrainConfig):
         self.cfg = cfg
 
