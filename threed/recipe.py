@@ -50,8 +50,10 @@ class RecipeConfig:
     image_model: str | None = None
     """View-conditioned prior for image-to-3D recipes."""
     seed: int = 0
-    """Seeds every stage (stage ``i``: torch's generator with ``seed + 1000 i``, its shading draws with
-    ``seed + i``), so a seed gives the same run on the same machine."""
+    """Seeds every stage (stage ``i``: torch's global generator, which initialises the scene and drives the
+    renderer's random draws, with ``seed + 1000 i``; its cameras with ``seed + 1000 i + 1``; its guidance's
+    timesteps and noise with ``seed + 1000 i + 2``; its shading draws with ``seed + i``), so a seed gives the
+    same run on the same machine."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto``: CUDA when torch sees a device, else the CPU."""
     max_steps: int | None = None

@@ -123,6 +123,8 @@ class Training:
     """Scene parameters, for gradient clipping."""
     rng: random.Random
     """Draws shading modes."""
+    cameras: torch.Generator
+    """Draws the training cameras (the stage's own stream: nothing else moves it)."""
     step: int = 0
     """Steps completed."""
     last: Checkpoint | None = None
@@ -164,9 +166,13 @@ class Stage:
         params = scene.parameter_groups(cfg.optimizer)
         optimizer = torch.optim.Adam(params + guidance.parameter_groups(), betas=cfg.optimizer.betas,
                                      eps=cfg.optimizer.eps)
+        # Cameras and guidance (timesteps, noise) draw from generators of their own, seeded per stage, so
+        # neither the renderer's draws nor a changed camera batch shifts the other's stream.
+        guidance.generator = torch.Generator().manual_seed(ctx.seed + 1000 * self.index + 2)
         tr = Training(scene=scene, guidance=guidance, optimizer=optimizer,
                       params=[p for group in params for p in group["params"]],
                       rng=random.Random(ctx.seed + self.index),
+                      cameras=torch.Generator().manual_seed(ctx.seed + 1000 * self.index + 1),
                       reference=ReferenceLosses(cfg.reference, ctx) if cfg.reference else None)
         if resume is not None:
             scene.load_state_dict(resume.scene)
@@ -176,6 +182,10 @@ class Stage:
             restore_rng(resume.rng.get("global", {}))
             if "stage" in resume.rng:
                 tr.rng.setstate(resume.rng["stage"])
+            if "cameras" in resume.rng:
+                tr.cameras.set_state(resume.rng["cameras"])
+            if "guidance" in resume.rng and guidance.generator is not None:
+                guidance.generator.set_state(resume.rng["guidance"])
             tr.step = resume.step
         scene.train()
         return tr, resume
@@ -187,7 +197,7 @@ class Stage:
         tr.scene.update(step)
         tr.guidance.update(step, self.total_steps)
         with phase("render"):
-            cameras = self.sampler.sample(cfg.render_size).to(self.ctx.device)
+            cameras = self.sampler.sample(cfg.render_size, generator=tr.cameras).to(self.ctx.device)
             out = tr.scene(cameras, choose_shading(cfg.scene.shading, step, tr.rng))
         with phase("guidance"):
             g = tr.guidance(out, cameras)
@@ -271,7 +281,9 @@ class Stage:
                           scene_kind=tr.scene.cfg.kind, scene=tr.scene.state_dict(),
                           scene_config=to_dict(tr.scene.cfg),
                           optimizer=tr.optimizer.state_dict(), guidance=tr.guidance.state_dict(),
-                          rng={"global": capture_rng(), "stage": tr.rng.getstate()}, loss=loss)
+                          rng={"global": capture_rng(), "stage": tr.rng.getstate(), "cameras": tr.cameras.get_state(),
+                               "guidance": tr.guidance.generator.get_state() if tr.guidance.generator is not None
+                               else None}, loss=loss)
         ckpt.save(self.checkpoint_path)
         return ckpt
 
