@@ -16,9 +16,13 @@ from threed.config import build
 from threed.errors import ThreedError
 from threed.guidance.lora import camera_features
 from threed.guidance.prior import DiffusionPrior, load_prior
-from threed.guidance.prompts import PromptConfig, PromptProcessor
-from threed.guidance.score import (ISM, NFSD, SDS, VSD, DreamTimeConfig, ISMConfig, NFSDConfig, SDSConfig,
-                                   TimestepSampler, VSDConfig, make_guidance)
+from threed.guidance.registry import make_guidance
+from threed.guidance.rules.ism import ISM, ISMConfig
+from threed.guidance.rules.nfsd import NFSD, NFSDConfig
+from threed.guidance.rules.sds import SDS, SDSConfig
+from threed.guidance.rules.vsd import VSD, VSDConfig
+from threed.guidance.text import PromptConfig, PromptProcessor
+from threed.guidance.timesteps import DreamTimeConfig, TimestepSampler
 from threed.recipe import load_recipe
 from threed.render.output import RenderOut
 from tiny_models import KnownDenoiser, ProjectingDenoiser, with_unet
@@ -305,10 +309,10 @@ def test_dreamtime_schedule_decreases_monotonically_and_follows_its_prior():
 @pytest.mark.parametrize("name,kind,rule", [("nfsd", "nfsd", NFSD), ("prolificdreamer", "vsd", VSD),
                                             ("quickstart", "sds", SDS)])
 def test_recipes_select_their_rule_by_kind(name, kind, rule, toy_prior):
-    cfg = load_recipe(name).stages[0].guidance
+    (cfg,) = load_recipe(name).stages[0].guidance
     assert cfg.kind == kind and cfg.guidance_scale == (20.0 if kind == "sds" else 7.5)
     negative = ["stages.0.guidance.negative_prompt=\"\""] if kind == "nfsd" else []
-    cfg = load_recipe(name, negative).stages[0].guidance
+    (cfg,) = load_recipe(name, negative).stages[0].guidance
     assert isinstance(make_guidance(cfg, toy_prior, PromptProcessor(toy_prior, "a red cube")), rule)
     with pytest.raises(ThreedError, match="lora_rank"):  # a key of another kind is an unknown key
         load_recipe(name, ["stages.0.guidance.kind=ism", "stages.0.guidance.lora_rank=2"])
@@ -336,5 +340,5 @@ def test_each_recipe_runs_offline_on_cpu_with_the_toy_prior_layout(recipe, extra
     ckpt = Checkpoint.load(run / "stages" / "0-coarse" / "last.pt")
     assert ckpt.step == 3 and (run / "export" / "model.glb").stat().st_size > 0
     assert all(torch.isfinite(v).all() for v in ckpt.scene.values() if v.is_floating_point())
-    assert set(ckpt.guidance) == ({"lora"} if recipe == "prolificdreamer" else set())
+    assert set(ckpt.guidance["0"]) == ({"lora"} if recipe == "prolificdreamer" else set())  # one guidance
 

@@ -14,7 +14,9 @@ import torch
 
 from threed.cameras import Cameras
 from threed.errors import ThreedError
-from threed.guidance.score import SDS, Zero123Config, make_guidance
+from threed.guidance.registry import make_guidance
+from threed.guidance.rules.sds import SDS
+from threed.guidance.rules.zero123 import Zero123Config
 from threed.guidance.zero123 import (ImageConditioning, LatentViewPrior, PixelViewPrior, load_view_prior,
                                      relative_pose)
 from threed.reference.image import ReferenceViewConfig, frame_object, load_reference, read_reference

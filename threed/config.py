@@ -3,16 +3,22 @@
 OmegaConf reads YAML, resolves ``${...}`` interpolation and applies dotted overrides; :func:`build`
 then turns the plain data into the component's config dataclass, checking every key and value.
 An unknown key is an error that lists the valid keys; a ``Literal`` field names its choices.
+
+Plug-ins (guidance rules, ...) register their config class in a :class:`Registry`; a field annotated
+``Annotated[Base, registry]`` is built from a mapping by its ``kind``, so adding a plug-in never means
+editing a union of config classes here or in the component that holds the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -25,12 +31,93 @@ def _where(path: str) -> str:
     return f" at '{path}'" if path else ""
 
 
+class Registry:
+    """Plug-ins of one family: ``kind`` -> config class -> implementation, filled by the plug-ins themselves.
+
+    A plug-in module calls :meth:`register` with its config dataclass (whose ``kind`` field is a one-value
+    ``Literal`` defaulting to that value) and its implementation. ``package`` names the package that holds
+    the plug-in modules; every module in it is imported before the first lookup, so a plug-in is one new
+    file there. A config field annotated ``Annotated[Base, registry]`` (or a list of them) is built by
+    :func:`build` from a mapping through its ``kind``, ``default`` when the mapping has none.
+    """
+
+    def __init__(self, name: str, default: str, package: str):
+        self.name = name
+        self.default = default
+        self.package = package
+        self._configs: dict[str, type] = {}
+        self._impls: dict[type, Any] = {}
+        self._loaded = False
+
+    def register(self, config: type, impl: Any) -> None:
+        """Add a plug-in: ``config``'s ``kind`` default names it; ``impl`` is what :meth:`implementation` returns."""
+        field = next((f for f in dataclasses.fields(config) if f.name == "kind"), None)
+        hint = typing.get_type_hints(config).get("kind")
+        if field is None or typing.get_origin(hint) is not Literal or typing.get_args(hint) != (field.default,):
+            raise TypeError(f"{config.__name__} needs a field kind: Literal['<name>'] = '<name>' to join the "
+                            f"{self.name} registry")
+        kind = field.default
+        if self._configs.get(kind, config) is not config:
+            raise TypeError(f"{self.name} kind {kind!r} is registered twice ({self._configs[kind].__name__}, "
+                            f"{config.__name__})")
+        self._configs[kind] = config
+        self._impls[config] = impl
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            package = importlib.import_module(self.package)
+            for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+                importlib.import_module(f"{self.package}.{module}")
+
+    def kinds(self) -> list[str]:
+        """Every registered kind, in registration order."""
+        self._load()
+        return list(self._configs)
+
+    def config(self, kind: str, path: str = "") -> type:
+        """The config class of ``kind``; an unknown kind is a :class:`ThreedError` naming the known ones."""
+        self._load()
+        if kind not in self._configs:
+            raise ThreedError(f"unknown {self.name} kind {kind!r}{_where(path)}; choose one of: "
+                              f"{', '.join(self._configs)}")
+        return self._configs[kind]
+
+    def implementation(self, config: Any) -> Any:
+        """What the plug-in of ``config``'s class registered."""
+        self._load()
+        impl = self._impls.get(type(config))
+        if impl is None:
+            raise ThreedError(f"no {self.name} plug-in for {type(config).__name__}; known kinds: "
+                              f"{', '.join(self._configs)}")
+        return impl
+
+
+def _registry(tp: Any) -> tuple[type, Registry] | None:
+    """(base class, registry) of an ``Annotated[Base, registry]`` type, else None."""
+    if typing.get_origin(tp) is Annotated:
+        base, *extras = typing.get_args(tp)
+        for extra in extras:
+            if isinstance(extra, Registry):
+                return base, extra
+    return None
+
+
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     """Check and convert ``value`` to the annotated type ``tp``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if (plugin := _registry(tp)) is not None:
+        base, registry = plugin
+        if isinstance(value, base):
+            return value
+        if not isinstance(value, Mapping):
+            raise ThreedError(f"expected a mapping with a kind{_where(path)}, got {value!r}")
+        return build(registry.config(value.get("kind", registry.default), path), value, path)
+    if origin is Annotated:
+        return _coerce(typing.get_args(tp)[0], value, path)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -58,6 +145,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             return value
         return build(tp, value, path)
     if origin in (tuple, list, Sequence):
+        if isinstance(value, Mapping) and args and _registry(args[0]) is not None:
+            value = [value]  # one plug-in where a list of them is expected: a list of one
         if not isinstance(value, (list, tuple)):
             raise ThreedError(f"expected a list{_where(path)}, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -124,7 +213,7 @@ def build(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
         prefix = f"{path}." if path else ""
         raise ThreedError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)}; "
                           f"valid keys{_where(path)}: {', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f"{path}.{name}" if path else name)

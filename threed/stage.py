@@ -20,14 +20,13 @@ from threed.checkpoint import Checkpoint, capture_rng, restore_rng
 from threed.config import to_dict
 from threed.errors import ThreedError
 from threed.export.video import write_grid
-from threed.guidance.factory import make_stage_guidance
-from threed.guidance.prompts import PromptConfig
-from threed.guidance.score import (
-    GuidanceConfig,
-    GuidanceOut,
-    SDSConfig,
-    ScoreDistillation,
-)
+from threed.guidance.build import GuidanceInputs, build_guidances
+from threed.guidance.combined import GuidanceSet
+from threed.guidance.distillation import GuidanceOut
+from threed.guidance.loading import PriorCache
+from threed.guidance.registry import GuidanceConfig
+from threed.guidance.rules.sds import SDSConfig
+from threed.guidance.text import PromptConfig
 from threed.profiling import PhaseTimer
 from threed.progress import StageProgress
 from threed.reference.losses import ReferenceConfig, ReferenceLosses
@@ -41,7 +40,7 @@ class LossWeights:
     """Weights of the terms summed into a step's loss."""
 
     guidance: float = 1.0
-    """Score-distillation term from the guidance."""
+    """Score-distillation term: the weighted sum of the stage's guidances."""
     orient: float = 0.01
     """DreamFusion orientation loss: penalises normals facing away from the camera."""
     sparsity: float = 0.0
@@ -65,7 +64,8 @@ class StageConfig:
     model: str | None = None
     """Diffusion prior of this stage; None uses the recipe's ``model``."""
     scene: SceneConfig = field(default_factory=NeRFSceneConfig)
-    guidance: GuidanceConfig = field(default_factory=SDSConfig)
+    guidance: list[GuidanceConfig] = field(default_factory=lambda: [SDSConfig()])
+    """The stage's guidances, each with its ``weight`` (a single mapping is a list of one)."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
     cameras: CameraSamplerConfig = field(default_factory=CameraSamplerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -100,6 +100,8 @@ class RunContext:
     depth: str | None = None
     image_model: str | None = None
     """View-conditioned prior of an image-to-3D run (``zero123`` guidance)."""
+    priors: PriorCache = field(default_factory=PriorCache)
+    """The priors the run's stages have loaded (each once)."""
 
 
 def regulariser_terms(out: RenderOut) -> dict[str, torch.Tensor]:
@@ -118,7 +120,7 @@ class Training:
     """The mutable state of a stage being optimised (apart from its config)."""
 
     scene: Scene
-    guidance: ScoreDistillation
+    guidance: GuidanceSet
     optimizer: torch.optim.Optimizer
     params: list[torch.nn.Parameter]
     """Scene parameters, for gradient clipping."""
@@ -159,8 +161,10 @@ class Stage:
         scene = Scene(cfg.scene).to(ctx.device)
         if resume is None and init is not None:
             self._hand_off(scene, init)
-        guidance = make_stage_guidance(cfg.guidance, cfg.model or ctx.model, cfg.prompt, ctx,
-                                       cfg.reference.view if cfg.reference else None)
+        guidance = build_guidances(cfg.guidance, GuidanceInputs(
+            device=ctx.device, priors=ctx.priors, prompt=ctx.prompt, prompt_config=cfg.prompt,
+            model=cfg.model or ctx.model, image_model=ctx.image_model, image=ctx.image, mask=ctx.mask,
+            view=cfg.reference.view if cfg.reference else None))
         params = scene.parameter_groups(cfg.optimizer)
         optimizer = torch.optim.Adam(params + guidance.parameter_groups(), betas=cfg.optimizer.betas,
                                      eps=cfg.optimizer.eps)
@@ -196,8 +200,7 @@ class Stage:
                    if hasattr(cfg.loss, k) and getattr(cfg.loss, k) != 0)
         if tr.reference is not None:  # image-to-3D: the reference camera's losses, weighted by their own config
             with phase("reference"):
-                tr.reference.update(step, self.total_steps)
-                ref = tr.reference(tr.scene, step, out, cameras)
+                ref = tr.reference(tr.scene, step)
             loss = loss + sum(ref.values())
             g.terms.update({k: float(v.detach()) for k, v in ref.items()})
         if not torch.isfinite(loss):
