@@ -10,7 +10,7 @@ from threed.runtime import tune_cpu_runtime
 
 tune_cpu_runtime()  # as the CLI does, before tiny_models imports torch
 
-from tiny_models import make_tiny_if, make_tiny_sd, make_tiny_toy, make_tiny_toy_zero123, make_tiny_zero123
+from tiny_models import make_tiny_if, make_tiny_sd, make_tiny_sd3, make_tiny_toy, make_tiny_toy_zero123, make_tiny_zero123
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,3 +56,9 @@ def tiny_zero123_dir(tmp_path_factory) -> Path:
 def tiny_toy_zero123_dir(tmp_path_factory) -> Path:
     """The toy-world view prior's layout (pixel UNet with the reference concatenated, pose projection)."""
     return make_tiny_toy_zero123(tmp_path_factory.mktemp("tiny-toy-zero123") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory) -> Path:
+    """Stable Diffusion 3 layout (MMDiT flow model, flow-matching scheduler, two CLIPs + T5)."""
+    return make_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))

@@ -88,7 +88,13 @@ def _apply_list_overrides(base, overrides, path: str = "") -> None:
     ``stages.0.steps=10`` one stage, ``stages.*.steps=10`` every stage (applied first, so a numbered
     override wins), nested lists alike (``stages.0.guidance.1.weight=20``). A key that is not an index
     edits the only item of a one-item list, so ``stages.0.guidance.guidance_scale=50`` works on a stage
-    with one guidance, however the recipe wrote it."""
+    with one guidance, however the recipe wrote it. A list given where the recipe has a mapping replaces it
+    (``stages.0.guidance=[{kind: sds}, {kind: csd}]``)."""
+    for key in [k for k in overrides if k in base and OmegaConf.is_dict(base[k])]:
+        if OmegaConf.is_list(overrides[key]):
+            base[key] = overrides.pop(key)
+        elif OmegaConf.is_dict(overrides[key]):
+            _apply_list_overrides(base[key], overrides[key], f"{path}{key}.")
     for key in [k for k in overrides if k in base and OmegaConf.is_list(base[k]) and OmegaConf.is_dict(overrides[k])]:
         items, patches, where = base[key], overrides.pop(key), f"{path}{key}"
         indexed = [k for k in patches if k == "*" or str(k).isdigit()]
@@ -96,7 +102,8 @@ def _apply_list_overrides(base, overrides, path: str = "") -> None:
         if plain:
             if len(items) != 1:
                 raise ThreedError(f"override {where}.{plain[0]}: {where} has {len(items)} entries; name one "
-                                  f"({where}.0 ... {where}.{len(items) - 1}) or all ({where}.*)")
+                                  f"({where}.0 ... {where}.{len(items) - 1}), all ({where}.*), or give the "
+                                  f"whole list ({where}=[...])")
             patches = OmegaConf.merge({"0": {k: patches[k] for k in plain}}, {k: patches[k] for k in indexed})
             indexed = list(patches)
         for idx in sorted(indexed, key=lambda k: k != "*"):
