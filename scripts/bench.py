@@ -62,7 +62,7 @@ def bench_one(recipe: str, overrides: list[str], backend: str, resolution: int, 
     stage_cfg = cfg.stages[0]
     with tempfile.TemporaryDirectory() as tmp:
         ctx = RunContext(prompt=prompt, model=cfg.model, device=device, seed=cfg.seed, max_steps=None,
-                         run_dir=Path(tmp))
+                         run_dir=Path(tmp), image=cfg.image, mask=cfg.mask, depth=cfg.depth, image_model=cfg.image_model)
         stage = Stage(stage_cfg, ctx, 0)
         tr, _ = stage.setup()
         priors = list({id(g.prior): g.prior for g in tr.guidance}.values())
