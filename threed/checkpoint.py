@@ -38,7 +38,8 @@ class Checkpoint:
     """The scene's config as plain data, so the next stage can rebuild this scene without the recipe."""
     optimizer: dict[str, Any] | None = None
     guidance: dict[str, Any] = field(default_factory=dict)
-    """Trainable guidance state (e.g. VSD's LoRA adapters); empty for SDS."""
+    """Trainable state of each guidance of the stage, by position ``"0"``, ``"1"``, ... (VSD's LoRA adapters;
+    empty for SDS)."""
     rng: dict[str, Any] = field(default_factory=dict)
     loss: float | None = None
     format: int = FORMAT_VERSION

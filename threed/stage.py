@@ -62,7 +62,7 @@ class StageConfig:
     resolution: int = 64
     """Render resolution (pixels, square) during training."""
     model: str | None = None
-    """Diffusion prior of this stage; None uses the recipe's ``model``."""
+    """Prior of this stage's text and flow guidances that name none of their own; None uses the recipe's ``model``."""
     scene: SceneConfig = field(default_factory=NeRFSceneConfig)
     guidance: list[GuidanceConfig] = field(default_factory=lambda: [SDSConfig()])
     """The stage's guidances, each with its ``weight`` (a single mapping is a list of one)."""
