@@ -71,16 +71,16 @@ class Registry:
                 importlib.import_module(f"{self.package}.{module}")
 
     def kinds(self) -> list[str]:
-        """Every registered kind, in registration order."""
+        """Every registered kind, sorted."""
         self._load()
-        return list(self._configs)
+        return sorted(self._configs)
 
     def config(self, kind: str, path: str = "") -> type:
         """The config class of ``kind``; an unknown kind is a :class:`ThreedError` naming the known ones."""
         self._load()
         if kind not in self._configs:
             raise ThreedError(f"unknown {self.name} kind {kind!r}{_where(path)}; choose one of: "
-                              f"{', '.join(self._configs)}")
+                              f"{', '.join(self.kinds())}")
         return self._configs[kind]
 
     def implementation(self, config: Any) -> Any:
@@ -89,7 +89,7 @@ class Registry:
         impl = self._impls.get(type(config))
         if impl is None:
             raise ThreedError(f"no {self.name} plug-in for {type(config).__name__}; known kinds: "
-                              f"{', '.join(self._configs)}")
+                              f"{', '.join(self.kinds())}")
         return impl
 
 

@@ -108,8 +108,8 @@ def _apply_list_overrides(base, overrides, path: str = "") -> None:
             indexed = list(patches)
         for idx in sorted(indexed, key=lambda k: k != "*"):
             if idx != "*" and not (str(idx).isdigit() and 0 <= int(idx) < len(items)):
-                noun = "the recipe has" if where == "stages" else f"{where} has"
-                raise ThreedError(f"override {where}.{idx}: {noun} {len(items)} {key if where == 'stages' else 'entries'} "
+                owner, noun = ("the recipe", "stages") if where == "stages" else (where, "entries")
+                raise ThreedError(f"override {where}.{idx}: {owner} has {len(items)} {noun} "
                                   f"(use {where}.0 ... {where}.{len(items) - 1}, or {where}.* for all)")
             for i in range(len(items)) if idx == "*" else [int(idx)]:
                 patch = patches[idx]
