@@ -3,11 +3,19 @@
 OmegaConf reads YAML, resolves ``${...}`` interpolation and applies dotted overrides; :func:`build`
 then turns the plain data into the component's config dataclass, checking every key and value.
 An unknown key is an error that lists the valid keys; a ``Literal`` field names its choices.
+
+An empty value (``key=`` on a command line, where the shell has already eaten the quotes of ``key=""``;
+``key:`` or ``key: null`` in YAML) is null to OmegaConf. :func:`build` reads it by the field's type: a
+field that may be null takes null (``image=`` drops the image, ``max_steps=`` lifts the cap); a text
+field that may not takes the empty string (``stages.0.guidance.negative_prompt=`` is no negative prompt);
+any other field refuses it, saying what to give. Errors about text show the shell quoting that keeps
+a value text (``'key="true"'``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -25,6 +33,33 @@ def _where(path: str) -> str:
     return f" at '{path}'" if path else ""
 
 
+def _key(path: str) -> str:
+    """``stages[0].steps`` as it is typed in an override: ``stages.0.steps``."""
+    return re.sub(r"\[(\d+)\]", r".\1", path) if path else "KEY"
+
+
+def _expected(tp: Any) -> str:
+    """What a field of type ``tp`` takes, in words."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        kinds = _kinds(options)
+        return f"a mapping with a kind ({', '.join(kinds)})" if kinds else " or ".join(map(_expected, options))
+    if origin is Literal:
+        return "one of: " + ", ".join(map(str, typing.get_args(tp)))
+    if dataclasses.is_dataclass(tp) or origin in (dict, Mapping):
+        return "a mapping"
+    if origin in (tuple, list, Sequence):
+        return "a list"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _empty(tp: Any, path: str) -> ThreedError:
+    key = _key(path)
+    return ThreedError(f"{key} has no value (nothing after '{key}=', or null in YAML), but it needs {_expected(tp)}: "
+                       f"give one, or leave {key} out to keep the recipe's")
+
+
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     """Check and convert ``value`` to the annotated type ``tp``."""
     origin = typing.get_origin(tp)
@@ -34,6 +69,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        if value is None:
+            if str in args:
+                return ""
+            raise _empty(tp, path)
         kinds = _kinds([a for a in args if a is not type(None)])
         if kinds is not None and isinstance(value, Mapping):
             kind = value.get("kind", next(iter(kinds)))
@@ -49,6 +88,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             except ThreedError as exc:
                 errors.append(str(exc))
         raise ThreedError(errors[0] if len(errors) == 1 else f"invalid value {value!r}{_where(path)}: " + "; ".join(errors))
+    if value is None:
+        if tp is str:
+            return ""
+        raise _empty(tp, path)
     if origin is Literal:
         if value not in args:
             raise ThreedError(f"invalid value {value!r}{_where(path)}; choose one of: {', '.join(map(str, args))}")
@@ -88,7 +131,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ThreedError(f"expected a string{_where(path)}, got {value!r}")
+            text = str(value).lower() if isinstance(value, bool) else "..."
+            raise ThreedError(f"expected a string{_where(path)}, got {value!r}: to keep a value text on a command "
+                              f"line, quote it inside the shell's quotes, e.g. '{_key(path)}=\"{text}\"'")
         return str(value)
     return value
 
