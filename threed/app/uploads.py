@@ -10,7 +10,6 @@ is, not of what it was called.
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 
 from threed.image_files import check_image_file
@@ -28,23 +27,21 @@ def check_upload(path: Path, what: str) -> str:
     return UPLOAD_FORMATS[fmt]
 
 
-@cache
-def _component():
+def image_input(**kwargs):
+    """An image upload of the page (``gr.Image`` arguments) whose value is the uploaded file's path, unopened.
+
+    The instance's ``preprocess`` is replaced rather than ``gr.Image`` subclassed: gradio writes a
+    ``.pyi`` stub next to the module of every component class it sees defined.
+    """
     import gradio as gr
 
-    class UploadedImage(gr.Image):
-        """``gr.Image`` that passes the uploaded file's path on without opening it (the app checks it)."""
+    image = gr.Image(type="filepath", **kwargs)
+    decode = image.preprocess
 
-        is_template = True  # the browser side is gr.Image's
+    def preprocess(payload):
+        if payload is not None and payload.path:
+            return payload.path
+        return decode(payload)  # pasted data: URLs, decoded by gradio
 
-        def preprocess(self, payload):
-            if payload is not None and payload.path:
-                return payload.path
-            return super().preprocess(payload)  # pasted data: URLs, decoded by gradio
-
-    return UploadedImage
-
-
-def image_input(**kwargs):
-    """An image upload widget of the page (``gr.Image`` arguments; ``type`` is always ``filepath``)."""
-    return _component()(type="filepath", **kwargs)
+    image.preprocess = preprocess
+    return image
