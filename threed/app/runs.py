@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -62,9 +63,16 @@ def list_runs(root: Path) -> list[str]:
     root = Path(root).resolve()
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir() if RUN_NAME.fullmatch(p.name) and p.resolve().parent == root
-            and (p / "config.yaml").is_file()]
-    return [p.name for p in sorted(runs, key=lambda p: (p / "config.yaml").stat().st_mtime, reverse=True)]
+    runs = {}
+    for p in root.iterdir():
+        if RUN_NAME.fullmatch(p.name) and p.resolve().parent == root:
+            try:
+                st = (p / "config.yaml").stat()
+            except OSError:  # not a run, or removed while the folder was read
+                continue
+            if stat.S_ISREG(st.st_mode):
+                runs[p.name] = st.st_mtime
+    return sorted(runs, key=runs.get, reverse=True)
 
 
 @dataclass

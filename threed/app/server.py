@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -74,6 +75,9 @@ class App:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.queue = queue or JobQueue(self.root)
+        self._making = threading.Lock()
+        """Held from the queue's room check to the job's submission: a place seen free is still free, and two
+        submissions of one prompt in one second get two names."""
 
     def submit(self, request: JobRequest, client: str = "local") -> str:
         """Check ``request``, make its run folder and queue it for ``client``; returns the run name.
@@ -83,22 +87,23 @@ class App:
         suffix = {label: check_upload(upload, f"uploaded {label}")
                   for label, upload in (("image", request.image), ("mask", request.mask)) if upload is not None}
         cfg = request.validate()
-        self.queue.check_room(client)
-        name = new_run_name(self.root, request.prompt or (request.image.stem if request.image else "image"))
-        path = run_dir(self.root, name, must_exist=False)
-        path.mkdir(parents=True)
-        try:
-            if request.image is None:
-                save_config(cfg, path)  # listed at once, and the job is exactly a resume of this config
-                args = resume_command(path)
-            else:
-                kept = replace(request, image=self._keep(request.image, path / f"input{suffix['image']}"),
-                               mask=request.mask and self._keep(request.mask, path / f"mask{suffix['mask']}"))
-                args = kept.command(path)
-            self.queue.submit(name, args, client)
-        except BaseException:
-            shutil.rmtree(path, ignore_errors=True)  # e.g. another tab took the last place in the line meanwhile
-            raise
+        with self._making:
+            self.queue.check_room(client)
+            name = new_run_name(self.root, request.prompt or (request.image.stem if request.image else "image"))
+            path = run_dir(self.root, name, must_exist=False)
+            path.mkdir(parents=True)
+            try:
+                if request.image is None:
+                    save_config(cfg, path)  # listed at once, and the job is exactly a resume of this config
+                    args = resume_command(path)
+                else:
+                    kept = replace(request, image=self._keep(request.image, path / f"input{suffix['image']}"),
+                                   mask=request.mask and self._keep(request.mask, path / f"mask{suffix['mask']}"))
+                    args = kept.command(path)
+                self.queue.submit(name, args, client)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)  # a failed copy, or the server began shutting down
+                raise
         return name
 
     def resume(self, name: str, client: str = "local") -> str:
@@ -163,7 +168,10 @@ class App:
         """(label, run name) for the past-runs list."""
         out = []
         for name in list_runs(self.root)[:LISTED_RUNS]:
-            view = self.view(name)
+            try:
+                view = self.view(name)
+            except ThreedError:  # removed since it was listed (by hand, say): leave it off
+                continue
             job = self.queue.get(name)
             out.append((f"{view.prompt or name} · {job.state if job else view.state} · {name}", name))
         return out
@@ -235,7 +243,8 @@ def build(root: Path, queue: JobQueue | None = None):
                     cancel = gr.Button("Cancel", variant="stop", elem_id="threed-cancel")
                 message = gr.Markdown(elem_id="threed-message")
                 with gr.Group():
-                    runs = gr.Dropdown(app.run_choices(), value=None, label="Past runs", elem_id="threed-runs")
+                    runs = gr.Dropdown(app.run_choices(), value=None, label="Past runs", elem_id="threed-runs",
+                                       allow_custom_value=True)  # runs made since the page loaded; run_dir checks
                     with gr.Row():
                         refresh = gr.Button("Refresh list", size="sm")
                         resume = gr.Button("Resume selected", size="sm", elem_id="threed-resume")
