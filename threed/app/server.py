@@ -130,6 +130,8 @@ class App:
         job = self.queue.get(view.name)
         state = job.state if job else view.state
         message = job.message if job else view.job.get("message", "")
+        # The queue's record, when there is one: the job file was read earlier and may be a moment behind.
+        started, finished = (job.started, job.finished) if job else (view.job.get("started"), view.job.get("finished"))
         p = view.progress
         where = ""
         if p is not None:
@@ -154,7 +156,7 @@ class App:
         if state == "cancelling":
             return f"**Cancelling**: finishing the current step ({where})…"
         if state == "done":
-            took = duration(view.job["finished"] - view.job["started"]) if view.job.get("started") else None
+            took = duration(finished - started) if started and finished else None
             return f"**Done**{f' in {took}' if took else ''}: {where}." if where else "**Done**."
         if state == "failed":
             body = message.strip()
