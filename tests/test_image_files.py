@@ -132,3 +132,15 @@ def test_pixels_read_as_imageio_reads_them(tmp_path):
         assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), name
     assert read_image_file(tmp_path / "depth16.png", "depth").dtype == np.uint16
 
+
+
+def test_a_mask_with_an_alpha_channel_is_read_by_its_grey(tmp_path):
+    """Masks now reach the reader as uploaded (gradio no longer converts them to greyscale first)."""
+    from threed.reference.image import read_reference
+
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "photo.png")
+    grey = np.zeros((16, 16), np.uint8)
+    grey[4:12, 4:12] = 255
+    Image.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), "LA").save(tmp_path / "mask.png")
+    _, alpha, _ = read_reference(tmp_path / "photo.png", tmp_path / "mask.png")
+    assert np.array_equal(alpha[0, ..., 0].numpy(), grey / 255.0)

@@ -1,13 +1,14 @@
 """The app's job queue: submissions from every tab wait in one line; one job runs per GPU (one on a CPU).
 
 A job is the ``threed generate`` command a person would type, run in its own process with its output
-in ``RUN/log.txt``. The line is bounded (:class:`QueueLimits`): a submission past the number of
-waiting jobs, or past one client's share, is refused with a message rather than queued, so a flood
-from one page or one script cannot push everyone else's jobs back without end. A process of its own
-is what makes Cancel clean: the job gets SIGINT, which is
+in ``RUN/log.txt``. A process of its own is what makes Cancel clean: the job gets SIGINT, which is
 Ctrl-C at a terminal, so the command stops between two steps with its last checkpoint intact and the
 run folder can be continued with Resume (``threed generate --resume RUN``). Each job's state is kept
 in ``RUN/job.json`` too, so a run's outcome outlives the server.
+
+The line is bounded (:class:`QueueLimits`): a submission past the number of waiting jobs, or past
+one client's share, is refused with a message rather than queued, so a flood from one page or one
+script cannot push everyone else's jobs back without end.
 """
 
 from __future__ import annotations

@@ -127,7 +127,8 @@ def _prompt_and_stages(config: str, signature: tuple[int, int]) -> tuple[str, tu
         cfg = {}
     if not isinstance(cfg, dict):
         cfg = {}
-    stages = tuple(str(s.get("name", i)) if isinstance(s, dict) else str(i) for i, s in enumerate(cfg.get("stages") or []))
+    stages = tuple(str(s.get("name", i)) if isinstance(s, dict) else str(i)
+                   for i, s in enumerate(cfg.get("stages") or []))
     return str(cfg.get("prompt") or ""), stages
 
 

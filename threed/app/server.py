@@ -294,10 +294,10 @@ def build(root: Path, queue: JobQueue | None = None):
 
         def on_generate(prompt, image, mask, recipe, steps, seed, preview_every, model, overrides, request):
             job = JobRequest(prompt=prompt or "", recipe=recipe, steps=int(steps) if steps else None,
-                                 seed=None if seed is None else int(seed), model=(model or "").strip() or None,
-                                 preview_every=int(preview_every) if preview_every else None,
-                                 overrides=parse_overrides(overrides), image=Path(image) if image else None,
-                                 mask=Path(mask) if mask else None)
+                             seed=None if seed is None else int(seed), model=(model or "").strip() or None,
+                             preview_every=int(preview_every) if preview_every else None,
+                             overrides=parse_overrides(overrides), image=Path(image) if image else None,
+                             mask=Path(mask) if mask else None)
             return follow(app.submit, job, client_of(request))
 
         def on_cancel(name):
@@ -324,7 +324,7 @@ def build(root: Path, queue: JobQueue | None = None):
             except ThreedError as exc:
                 return (str(exc),) + (gr.skip(),) * 6
 
-        for handler in (on_generate, on_resume):  # gradio finds gr.Request by type; the module's annotations are strings
+        for handler in (on_generate, on_resume):  # gradio finds gr.Request by type; annotations here are strings
             handler.__annotations__["request"] = gr.Request
         shows = [status, preview, viewer, video, downloads, runs, shown]
         generate.click(on_generate, [prompt, image, mask, recipe, steps, seed, preview_every, model, overrides],

@@ -144,7 +144,8 @@ def read_reference(image: str | Path, mask: str | Path | None = None, depth: str
     rgb = img[..., :3]
     if mask is not None:
         m = _read(Path(mask), "mask")
-        m = m[..., :1 if m.shape[-1] == 2 else 3].mean(-1) if m.ndim == 3 else m  # grey/colour; any alpha ignored
+        if m.ndim == 3:  # grey or colour; an alpha channel is ignored
+            m = m[..., :1 if m.shape[-1] == 2 else 3].mean(-1)
         if m.shape != rgb.shape[:2]:
             raise ThreedError(f"the mask {mask} is {m.shape[1]}x{m.shape[0]} but the image {image} is "
                               f"{rgb.shape[1]}x{rgb.shape[0]}; give a mask of the same size")
