@@ -65,18 +65,22 @@ class Probe(threading.Thread):
 
     def __init__(self, url: str):
         super().__init__(daemon=True)
-        self.url, self.stop, self.latencies, self.failures = url, threading.Event(), [], []
+        self.url, self.stop, self.latencies, self.failures, self.slow_at = url, threading.Event(), [], [], []
 
     def run(self):
         import httpx
 
+        self.began = time.monotonic()
         with httpx.Client(base_url=self.url, timeout=PROBE_TIMEOUT_S) as http:
             login(http, *USERS[0])
             while not self.stop.is_set():
                 start = time.monotonic()
                 try:
                     ok = http.get("/").status_code == 200 and http.get("/config").status_code == 200
-                    (self.latencies if ok else self.failures).append(time.monotonic() - start)
+                    took = time.monotonic() - start
+                    (self.latencies if ok else self.failures).append(took)
+                    if took >= 2.0:
+                        self.slow_at.append(round(start - self.began))
                 except Exception as exc:  # a timeout or a refused connection: the server did not answer
                     self.failures.append(repr(exc))
                 self.stop.wait(PROBE_EVERY_S)
@@ -85,7 +89,7 @@ class Probe(threading.Thread):
         lat = sorted(self.latencies)
         return (f"{len(lat)} page loads, {len(self.failures)} failures; median {statistics.median(lat):.3f} s, "
                 f"95th percentile {lat[int(0.95 * (len(lat) - 1))]:.3f} s, max {lat[-1]:.3f} s, "
-                f"{sum(t >= 2.0 for t in lat)} at 2 s or more")
+                f"{len(self.slow_at)} at 2 s or more (at {self.slow_at} s of {time.monotonic() - self.began:.0f} s)")
 
 
 def submit_and_follow(url: str, i: int, start: threading.Barrier, results: dict, done: threading.Event) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,9 @@ from threed.export.formats import write_bytes_atomic
 
 CANCEL_GRACE_S = 30.0
 """Seconds a job may take to stop after SIGINT (it finishes its step) before it is terminated."""
+NICE = [shutil.which("nice"), "-n", "10"] if shutil.which("nice") else []
+"""Jobs start at a lower CPU priority than the server (``nice`` execs the job, so its PID is the job's):
+while a job trains on the CPU the page still answers at once. Measured in docs/reliability.md."""
 ERROR_PREFIX = "threed: error: "
 """How the command line prints a user-facing error (see threed.cli.main)."""
 
@@ -194,7 +198,7 @@ class JobQueue:
                 run_path = self.root / job.run
                 try:
                     with open(run_path / LOG_FILE, "ab") as log:  # the child keeps its own copy of the handle
-                        proc = subprocess.Popen([self.python, "-m", "threed.cli", *job.args],
+                        proc = subprocess.Popen([*NICE, self.python, "-m", "threed.cli", *job.args],
                                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                                 cwd=self.root, env={**os.environ, "PYTHONUNBUFFERED": "1",
                                                                     **self._envs[index]})
