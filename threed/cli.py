@@ -167,10 +167,14 @@ def cmd_app(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError as exc:
         raise ThreedError(f"the web app needs gradio ({exc}): pip install -e \".[app]\"") from exc
+    from threed.app.access import logins
+    from threed.app.jobs import QueueLimits
     from threed.app.server import serve
 
-    print(f"threed app: http://{args.host}:{args.port} (output folder {Path(args.out).resolve()})", file=sys.stderr)
-    serve(args.host, args.port, Path(args.out))
+    limits = QueueLimits(**{k: v for k, v in (("waiting", args.queue_limit), ("per_client", args.client_limit))
+                            if v is not None})
+    serve(args.host, args.port, Path(args.out), auth=logins(args.auth, args.auth_file), no_auth=args.no_auth,
+          limits=limits)
     return 0
 
 
@@ -243,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     app.add_argument("--port", type=int, default=7860)
     app.add_argument("--out", default="outputs", help="output folder: runs are written and listed here")
+    app.add_argument("--auth", action="append", metavar="USER:PASSWORD",
+                     help="require this login (repeat for more users); needed for any --host but a loopback one")
+    app.add_argument("--auth-file", metavar="FILE", help="logins from FILE, one USER:PASSWORD per line "
+                                                         "(keeps passwords out of the process list)")
+    app.add_argument("--no-auth", action="store_true",
+                     help="serve a non-loopback --host without a login: anyone who reaches it can run jobs")
+    app.add_argument("--queue-limit", type=int, metavar="N",
+                     help="jobs that may wait in the queue; more are refused (default 16)")
+    app.add_argument("--client-limit", type=int, metavar="N",
+                     help="jobs one login (or address) may have queued or running (default 4)")
     app.set_defaults(func=cmd_app)
     return parser
 

@@ -7,6 +7,13 @@ An unknown key is an error that lists the valid keys; a ``Literal`` field names 
 Plug-ins (guidance rules, ...) register their config class in a :class:`Registry`; a field annotated
 ``Annotated[Base, registry]`` is built from a mapping by its ``kind``, so adding a plug-in never means
 editing a union of config classes here or in the component that holds the field.
+
+An empty value (``key=`` on a command line, where the shell has already eaten the quotes of ``key=""``;
+``key:`` or ``key: null`` in YAML) is null to OmegaConf. :func:`build` reads it by the field's type: a
+field that may be null takes null (``image=`` drops the image, ``max_steps=`` lifts the cap); a text
+field that may not takes the empty string (``stages.0.guidance.negative_prompt=`` is no negative prompt);
+any other field refuses it, saying what to give. Errors about text show the shell quoting that keeps
+a value text (``'key="true"'``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -101,6 +109,35 @@ def _registry(tp: Any) -> tuple[type, Registry] | None:
             if isinstance(extra, Registry):
                 return base, extra
     return None
+def _key(path: str) -> str:
+    """``stages[0].steps`` as it is typed in an override: ``stages.0.steps``."""
+    return re.sub(r"\[(\d+)\]", r".\1", path) if path else "KEY"
+
+
+def _expected(tp: Any) -> str:
+    """What a field of type ``tp`` takes, in words."""
+    if (plugin := _registry(tp)) is not None:
+        return f"a mapping with a kind ({', '.join(plugin[1].kinds())})"
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _expected(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        kinds = _kinds(options)
+        return f"a mapping with a kind ({', '.join(kinds)})" if kinds else " or ".join(map(_expected, options))
+    if origin is Literal:
+        return "one of: " + ", ".join(map(str, typing.get_args(tp)))
+    if dataclasses.is_dataclass(tp) or origin in (dict, Mapping):
+        return "a mapping"
+    if origin in (tuple, list, Sequence):
+        return "a list"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _empty(tp: Any, path: str) -> ThreedError:
+    key = _key(path)
+    return ThreedError(f"{key} has no value (nothing after '{key}=', or null in YAML), but it needs {_expected(tp)}: "
+                       f"give one, or leave {key} out to keep the recipe's")
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
@@ -113,6 +150,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         base, registry = plugin
         if isinstance(value, base):
             return value
+        if value is None:
+            raise _empty(tp, path)
         if not isinstance(value, Mapping):
             raise ThreedError(f"expected a mapping with a kind{_where(path)}, got {value!r}")
         return build(registry.config(value.get("kind", registry.default), path), value, path)
@@ -121,6 +160,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        if value is None:
+            if str in args:
+                return ""
+            raise _empty(tp, path)
         kinds = _kinds([a for a in args if a is not type(None)])
         if kinds is not None and isinstance(value, Mapping):
             kind = value.get("kind", next(iter(kinds)))
@@ -136,6 +179,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             except ThreedError as exc:
                 errors.append(str(exc))
         raise ThreedError(errors[0] if len(errors) == 1 else f"invalid value {value!r}{_where(path)}: " + "; ".join(errors))
+    if value is None:
+        if tp is str:
+            return ""
+        raise _empty(tp, path)
     if origin is Literal:
         if value not in args:
             raise ThreedError(f"invalid value {value!r}{_where(path)}; choose one of: {', '.join(map(str, args))}")
@@ -177,7 +224,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ThreedError(f"expected a string{_where(path)}, got {value!r}")
+            text = str(value).lower() if isinstance(value, bool) else "..."
+            raise ThreedError(f"expected a string{_where(path)}, got {value!r}: to keep a value text on a command "
+                              f"line, quote it inside the shell's quotes, e.g. '{_key(path)}=\"{text}\"'")
         return str(value)
     return value
 

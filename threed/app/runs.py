@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import time
 import zipfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -62,9 +64,16 @@ def list_runs(root: Path) -> list[str]:
     root = Path(root).resolve()
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir() if RUN_NAME.fullmatch(p.name) and p.resolve().parent == root
-            and (p / "config.yaml").is_file()]
-    return [p.name for p in sorted(runs, key=lambda p: (p / "config.yaml").stat().st_mtime, reverse=True)]
+    runs = {}
+    for p in root.iterdir():
+        if RUN_NAME.fullmatch(p.name) and p.resolve().parent == root:
+            try:
+                st = (p / "config.yaml").stat()
+            except OSError:  # not a run, or removed while the folder was read
+                continue
+            if stat.S_ISREG(st.st_mode):
+                runs[p.name] = st.st_mtime
+    return sorted(runs, key=runs.get, reverse=True)
 
 
 @dataclass
@@ -104,14 +113,34 @@ class RunView:
         return self.job.get("state") or ("done" if self.exported else "unfinished")
 
 
-def view_run(path: Path) -> RunView:
-    """Read run folder ``path`` (already checked by :func:`run_dir`) into a :class:`RunView`."""
+@lru_cache(maxsize=1024)
+def _prompt_and_stages(config: str, signature: tuple[int, int]) -> tuple[str, tuple[str, ...]]:
+    """The prompt and stage names of a run's ``config.yaml``, parsed once per version of the file.
+
+    Every page listing reads every run: parsing each YAML each time cost 13 ms a run, so twenty pages
+    following twenty runs kept the server busy (docs/reliability.md). ``signature`` (mtime, size) is
+    the cache key that tells a rewritten file (a resume with overrides) from the one parsed before.
+    """
     try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        cfg = yaml.safe_load(Path(config).read_text()) or {}
     except (OSError, yaml.YAMLError):
         cfg = {}
-    stages = [str(s.get("name", i)) for i, s in enumerate(cfg.get("stages") or [])]
-    view = RunView(path=path, prompt=str(cfg.get("prompt") or ""), stages=stages, job=read_job(path))
+    if not isinstance(cfg, dict):
+        cfg = {}
+    stages = tuple(str(s.get("name", i)) if isinstance(s, dict) else str(i)
+                   for i, s in enumerate(cfg.get("stages") or []))
+    return str(cfg.get("prompt") or ""), stages
+
+
+def view_run(path: Path) -> RunView:
+    """Read run folder ``path`` (already checked by :func:`run_dir`) into a :class:`RunView`."""
+    config = path / "config.yaml"
+    try:
+        st = config.stat()
+        prompt, stages = _prompt_and_stages(str(config), (st.st_mtime_ns, st.st_size))
+    except OSError:
+        prompt, stages = "", ()
+    view = RunView(path=path, prompt=prompt, stages=list(stages), job=read_job(path))
     for i in reversed(range(len(stages))):
         stage = path / "stages" / f"{i}-{stages[i]}"
         view.progress = view.progress or StageProgress.read(stage)
