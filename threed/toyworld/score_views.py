@@ -23,7 +23,7 @@ from threed.reference.image import ReferenceViewConfig
 from threed.render.output import RenderOut
 from threed.toyworld.raycast import render
 from threed.toyworld.scenes import parse_prompt
-from threed.toyworld.score import name_colour
+from threed.toyworld.colour import name_colour
 from threed.toyworld.train_views import reference_view
 
 
