@@ -24,9 +24,9 @@ same measures (:mod:`threed.toyworld.score`, :mod:`threed.toyworld.fidelity`):
 
 Running the same ``--out`` again skips what is done: prompts with an export and a scores entry, finished
 ceiling fits, prior reports; it rescores exported runs that lack an entry (or whose entry predates the
-fidelity measures) and continues unfinished runs under their own config.yaml. KEY=VALUE arguments
-override the recipe as for ``threed generate`` (e.g. ``max_steps=60 model=PATH``), for the SDS and the
-ceiling rungs alike.
+fidelity measures; ``--rescore`` rescores them all) and continues unfinished runs under their own
+config.yaml. KEY=VALUE arguments override the recipe as for ``threed generate`` (e.g. ``max_steps=60
+model=PATH``), for the SDS and the ceiling rungs alike.
 """
 
 from __future__ import annotations
@@ -189,14 +189,14 @@ def fidelity_summary(jobs: list[Job], entries: dict, recipe: str) -> list[str]:
 
 
 def prompt_table(jobs: list[Job], entries: dict) -> list[str]:
-    lines = ["| prompt | seed | F@0.05 / F@0.02 | height/width error | colour ΔE | pieces | Chamfer-L1 | largest piece "
-             "| export PSNR | field size | nearest class | front (+Z -Z +X -X) | seconds |",
-             ]
+    lines = ["| prompt | seed | F@0.05 / F@0.02 | height/width error | colour ΔE | pieces | Chamfer-L1 "
+             "| largest piece | export PSNR | field IoU / PSNR | field size | nearest class | front (+Z -Z +X -X) "
+             "| seconds |"]
     lines.append(separator(lines[0]))
     for j in jobs:
         e = entries.get(j.key)
         if not e or "scores" not in e:
-            lines.append(f"| {j.prompt} | {j.seed} | {'error' if e else '·'} |" + " · |" * 10)
+            lines.append(f"| {j.prompt} | {j.seed} | {'error' if e else '·'} |" + " · |" * 11)
             continue
         s, h = e["scores"], headline(e["scores"])
         hw = "·" if h["hw_error"] is None else f"{100 * h['hw_error']:+.0f} %"
@@ -207,9 +207,10 @@ def prompt_table(jobs: list[Job], entries: dict) -> list[str]:
         psnr = "·" if h["psnr"] is None else f"{h['psnr']:.1f}"
         size = "·" if h["field_size"] is None else f"{h['field_size']:.2f}"
         wall = "·" if e.get("wall_time_s") is None else f"{e['wall_time_s']:.0f}"
+        field = "·" if h["field_iou"] is None else f"{h['field_iou']:.2f} / {h['field_psnr']:.1f}"
         lines.append(f"| {j.prompt} | {j.seed} | {h['f05']:.2f} / {h['f02']:.2f} | {hw} | {h['delta_e']:.1f} | "
-                     f"{h['pieces']} | {h['chamfer_l1']:.4f} | {h['largest']:.2f} | {psnr} | {size} | {cell_text(e)} | "
-                     f"{front} | {wall} |")
+                     f"{h['pieces']} | {h['chamfer_l1']:.4f} | {h['largest']:.2f} | {psnr} | {field} | {size} | "
+                     f"{cell_text(e)} | {front} | {wall} |")
     return lines
 
 
@@ -262,7 +263,8 @@ def summary_markdown(jobs: list[Job], entries: dict, recipe: str, overrides: lis
     if janus:
         lines.append(f"| front prompts with one front (Janus count 1) | {_pct(janus)} |")
     if singles:
-        lines.append(f"| mean shape margin (Chamfer, > 0 = right) | {np.mean([s['shape']['margin'] for s in singles]):.3f} |")
+        margin = np.mean([s["shape"]["margin"] for s in singles])
+        lines.append(f"| mean shape margin (Chamfer, > 0 = right) | {margin:.3f} |")
     lines.append(f"| mean wall time per prompt | {f'{np.mean(walls):.0f} s' if walls else 'n/a'} |")
     return "\n".join(lines) + "\n"
 
@@ -352,7 +354,7 @@ def run_ceiling_rung(job: Job, out: Path, recipe: str, overrides: list[str]) -> 
     run_dir = job.ceiling_dir(out)
     if not ((run_dir / MARKER).is_file() and has_export(run_dir)):
         run_ceiling(load_recipe(recipe, overrides, prompt=job.prompt, seed=job.seed), run_dir)
-    scores = score_run(run_dir, job.prompt, seed=job.seed)
+    scores = score_rung(run_dir, job)
     scores["seconds"] = json.loads((run_dir / MARKER).read_text())["wall_seconds"]
     return scores
 
@@ -424,10 +426,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def score_rung(run_dir: Path, job: Job) -> dict:
+    """The exported asset's scores (:func:`score_run`) and, from the last checkpoint, the field's own agreement
+    with the truth (:func:`threed.toyworld.score_views.field_agreement`): the export's share of the loss."""
+    from threed.toyworld.score_views import field_agreement
+
+    scores = score_run(run_dir, job.prompt, seed=job.seed)
+    scores["field"] = field_agreement(run_dir, job.prompt)
+    return scores
+
+
 def run_sds_rung(job: Job, entries: dict, args, head: str, walls: list[float]) -> bool:
     """Rung 3 for one job (generate unless exported, then score); False when generation failed."""
     run_dir = job.run_dir(args.out)
-    if is_current(entries.get(job.key)) and has_export(run_dir):
+    if is_current(entries.get(job.key)) and has_export(run_dir) and not args.rescore:
         print(f"{head}: SDS already scored, skipped", flush=True)
         return True
     wall = recorded_wall_time(run_dir)
@@ -442,7 +454,7 @@ def run_sds_rung(job: Job, entries: dict, args, head: str, walls: list[float]) -
             print(f"{head}: FAILED: {exc}", flush=True)
             return False
     t0 = time.perf_counter()
-    scores = score_run(run_dir, job.prompt, seed=job.seed)
+    scores = score_rung(run_dir, job)
     entries[job.key] = {"prompt": job.prompt, "seed": job.seed, "run_dir": str(run_dir), "wall_time_s": wall,
                         "score_time_s": round(time.perf_counter() - t0, 3), "scores": scores}
     h = headline(scores)
@@ -466,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rungs", nargs="+", choices=RUNGS, default=["sds"],
                     help="ladder rungs to run (default sds, the recipe as shipped)")
     ap.add_argument("--ladder", action="store_true", help="run all three rungs: --rungs prior ceiling sds")
+    ap.add_argument("--rescore", action="store_true", help="score every exported SDS and ceiling run again "
+                    "(after a change to the measures); nothing is generated or fitted again")
     ap.add_argument("--view-azimuth", type=float, default=30.0, help="contact-sheet view, degrees from the front")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE recipe overrides, e.g. max_steps=60 model=PATH")
@@ -494,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{head}: sampling the prior", flush=True)
                 rung["prior"] = run_prior_rung(job, args.out, args.recipe, args.overrides)
                 print(f"{head}: prior IoU {rung['prior']['iou']:.2f}, ΔE {rung['prior']['delta_e']}", flush=True)
-            if "ceiling" in rungs and "fidelity" not in (rung.get("ceiling") or {}):
+            if "ceiling" in rungs and ("fidelity" not in (rung.get("ceiling") or {}) or args.rescore):
                 print(f"{head}: fitting the ceiling in {job.ceiling_dir(args.out)}", flush=True)
                 rung["ceiling"] = run_ceiling_rung(job, args.out, args.recipe, args.overrides)
                 h = headline(rung["ceiling"])
@@ -505,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_outputs(jobs, entries, args.out, args.recipe, args.overrides, args.view_azimuth)
             if rung:
                 write_ladder(jobs, entries, ladder, args.out, args.recipe)
-            remaining = sum(1 for j in jobs[i:] if not (is_current(entries.get(j.key)) and has_export(j.run_dir(args.out))))
+            remaining = sum(1 for j in jobs[i:]
+                            if not (is_current(entries.get(j.key)) and has_export(j.run_dir(args.out))))
             eta = _duration(np.mean(walls) * remaining) if walls and "sds" in rungs else "n/a"
             print(f"{head}: done; elapsed {_duration(time.perf_counter() - start)}, SDS ETA {eta}", flush=True)
         if "sds" in rungs:

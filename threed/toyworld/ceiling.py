@@ -13,10 +13,10 @@ the stage's own random cameras, in the step's own shading mode and light,
 
     loss = 0.5 * sum over pixels of (|rgb - rgb_true|^2 + (opacity - mask_true)^2) / batch
 
-plus the stage's regularisers at the recipe's weights. One ray per pixel, as the stage's renderers cast:
-an antialiased target would ask a volume to turn its silhouette into a half-transparent rim. The sum over pixels (not the mean) gives each
+plus the stage's regularisers at the recipe's weights. The sum over pixels (not the mean) gives each
 pixel a gradient of the size score distillation gives it, so the regularisers keep the weight they have
-relative to the guidance. Random solid backgrounds become the solid ``color`` of the stage's background
+relative to the guidance. The truth is traced with one ray per pixel, as the stage's renderers cast: an
+antialiased target would ask a volume to turn its silhouette into a half-transparent rim. Random solid backgrounds become the solid ``color`` of the stage's background
 config, so the truth can be rendered over the same one; the background is no part of the exported asset.
 The finished run directory is a normal one (``config.yaml``, ``stages/``, ``export/`` from
 :func:`threed.export.pipeline.export_run`), so :func:`threed.toyworld.score.score_run` scores it like any
@@ -78,7 +78,8 @@ def fit_stage(stage: Stage, truth: Scene, init: Checkpoint | None) -> tuple[Chec
     if resume is not None and resume.done:
         return resume, float("nan") if resume.loss is None else resume.loss
     shading, background = cfg.scene.shading, tuple(cfg.scene.background.color)
-    weights = {f.name: getattr(cfg.loss, f.name) for f in fields(cfg.loss) if f.name != "guidance" and getattr(cfg.loss, f.name)}
+    weights = {f.name: getattr(cfg.loss, f.name) for f in fields(cfg.loss)
+               if f.name != "guidance" and getattr(cfg.loss, f.name)}
     loss = torch.zeros(())
     for step in tqdm(range(tr.step, stage.total_steps), desc=f"ceiling {stage.index} {cfg.name}",
                      dynamic_ncols=True, mininterval=1.0):

@@ -141,7 +141,8 @@ def prior_fidelity(prior: DiffusionPrior, prompt: str, n_per_view: int = 4, seed
     for label, images in samples.items():
         rows = [judge_sample(img, scene, label) for img in images]
         judged += rows
-        views[label] = {"iou": _mean([r["iou"] for r in rows]), "aspect_error": _mean([r["aspect_error"] for r in rows]),
+        views[label] = {"iou": _mean([r["iou"] for r in rows]),
+                        "aspect_error": _mean([r["aspect_error"] for r in rows]),
                         "delta_e": _median([r["delta_e"] for r in rows]), "samples": rows}
     report = {"prompt": prompt, "cfg_scale": cfg_scale, "ddim_steps": steps, "n_per_view": n_per_view, "seed": seed,
               "iou": _mean([r["iou"] for r in judged]), "aspect_error": _mean([r["aspect_error"] for r in judged]),

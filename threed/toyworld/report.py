@@ -37,8 +37,9 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 def headline(scores: dict) -> dict:
     """The flat numbers of one scored asset: ``f05``, ``f02``, ``chamfer_l1``, ``hw_error`` (relative, signed;
     for two objects the one further from 0), ``delta_e`` (for two objects their mean), ``pieces`` (objects
-    counted), ``largest`` (area share of the largest piece), ``psnr`` (export vs field), ``field_size`` and
-    ``right`` (the nearest-class verdict: colour and shape right, and for two objects the sides)."""
+    counted), ``largest`` (area share of the largest piece), ``psnr`` (export vs field), ``field_size``,
+    ``field_iou`` and ``field_psnr`` (the field itself against the truth, when measured) and ``right`` (the
+    nearest-class verdict: colour and shape right, and for two objects the sides)."""
     fid = scores["fidelity"]
     if "objects" in scores:
         objects = [o for o in scores["objects"] if o is not None]
@@ -47,11 +48,12 @@ def headline(scores: dict) -> dict:
         de = float(np.mean([o["colour"]["delta_e"] for o in objects])) if objects else None
     else:
         hw, de = fid["height_width_error"], scores["colour"]["delta_e"]
-    export = scores.get("export") or {}
+    export, field = scores.get("export") or {}, scores.get("field") or {}
     return {"f05": fid["f"]["0.05"], "f02": fid["f"]["0.02"], "chamfer_l1": fid["chamfer_l1"], "hw_error": hw,
             "delta_e": _round(de, 3), "pieces": scores["components"]["n_components"],
             "largest": scores["components"]["largest_area_fraction"], "psnr": export.get("mean_psnr"),
-            "field_size": export.get("field_size"), "right": bool(scores["correct"])}
+            "field_size": export.get("field_size"), "field_iou": field.get("iou"), "field_psnr": field.get("psnr"),
+            "right": bool(scores["correct"])}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -72,7 +74,8 @@ def summarise(rows: list[dict]) -> dict:
             "mean_f02": stat("f02", np.mean), "mean_hw_error": _round(np.mean(abs_hw)) if abs_hw else None,
             "worst_hw_error": _round(max(abs_hw)) if abs_hw else None, "mean_delta_e": stat("delta_e", np.mean),
             "worst_delta_e": stat("delta_e", max), "one_piece": _round(np.mean([r["pieces"] == 1 for r in rows])),
-            "max_pieces": int(max(r["pieces"] for r in rows)), "mean_psnr": stat("psnr", np.mean)}
+            "max_pieces": int(max(r["pieces"] for r in rows)), "mean_psnr": stat("psnr", np.mean),
+            "mean_field_iou": stat("field_iou", np.mean)}
 
 
 def separator(header: str) -> str:
@@ -80,14 +83,15 @@ def separator(header: str) -> str:
     return "|---" * (header.count("|") - 1) + "|"
 
 
-SUMMARY_HEADER = ("| recipe | seeds | runs | mean F@0.05 | worst F@0.05 | mean F@0.02 | height/width error mean / worst "
-                  "| colour ΔE mean / worst | one piece | most pieces | export PSNR |")
+SUMMARY_HEADER = ("| recipe | seeds | runs | mean F@0.05 | worst F@0.05 | mean F@0.02 "
+                  "| height/width error mean / worst | colour ΔE mean / worst | one piece | most pieces | export PSNR "
+                  "| field IoU |")
 
 
 def summary_row(label: str, seeds: str, s: dict) -> str:
     """One markdown row of :data:`SUMMARY_HEADER` from :func:`summarise`."""
     if not s:
-        return f"| {label} | {seeds} | 0 |" + " · |" * 8
+        return f"| {label} | {seeds} | 0 |" + " · |" * 9
 
     def pct(v: float | None) -> str:
         return "·" if v is None else f"{100 * v:.0f} %"
@@ -98,21 +102,23 @@ def summary_row(label: str, seeds: str, s: dict) -> str:
     return (f"| {label} | {seeds} | {s['n']} | {num(s['mean_f05'])} | {num(s['worst_f05'])} | {num(s['mean_f02'])} | "
             f"{pct(s['mean_hw_error'])} / {pct(s['worst_hw_error'])} | {num(s['mean_delta_e'], '.1f')} / "
             f"{num(s['worst_delta_e'], '.1f')} | {pct(s['one_piece'])} | {s['max_pieces']} | "
-            f"{num(s['mean_psnr'], '.1f')} |")
+            f"{num(s['mean_psnr'], '.1f')} | {num(s['mean_field_iou'])} |")
 
 
 def fidelity_cells(h: dict | None) -> str:
-    """``F@0.05 / F@0.02 | h/w error | ΔE | pieces`` cells of one asset (``·`` when missing)."""
+    """``F@0.05 / F@0.02 | h/w error | ΔE | pieces | field IoU`` cells of one asset (``·`` when missing)."""
     if h is None:
-        return " · | · | · | · "
+        return " · | · | · | · | · "
     hw = "·" if h["hw_error"] is None else f"{100 * h['hw_error']:+.0f} %"
     de = "·" if h["delta_e"] is None else f"{h['delta_e']:.1f}"
-    return f" {h['f05']:.2f} / {h['f02']:.2f} | {hw} | {de} | {h['pieces']} "
+    field = "·" if h["field_iou"] is None else f"{h['field_iou']:.2f}"
+    return f" {h['f05']:.2f} / {h['f02']:.2f} | {hw} | {de} | {h['pieces']} | {field} "
 
 
 LADDER_HEADER = ("| prompt | seed | prior IoU | prior aspect error | prior ΔE "
-                 "| ceiling F@0.05 / F@0.02 | ceiling h/w error | ceiling ΔE | ceiling pieces "
-                 "| SDS F@0.05 / F@0.02 | SDS h/w error | SDS ΔE | SDS pieces | seconds: prior / ceiling / SDS |")
+                 "| ceiling F@0.05 / F@0.02 | ceiling h/w error | ceiling ΔE | ceiling pieces | ceiling field IoU "
+                 "| SDS F@0.05 / F@0.02 | SDS h/w error | SDS ΔE | SDS pieces | SDS field IoU "
+                 "| seconds: prior / ceiling / SDS |")
 
 
 def ladder_row(prompt: str, seed: int, rungs: dict) -> str:

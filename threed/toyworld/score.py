@@ -179,7 +179,8 @@ OTHER_SHARE_MAX = 0.2
 
 
 def front_verdict(shares: dict[str, float | None]) -> bool:
-    """Right front: +Z mostly the front colour, every other side not (:data:`FRONT_SHARE_MIN`, :data:`OTHER_SHARE_MAX`)."""
+    """Right front: +Z mostly the front colour, every other side not (:data:`FRONT_SHARE_MIN`,
+    :data:`OTHER_SHARE_MAX`)."""
     others = [v for k, v in shares.items() if k != "+Z" and v is not None]
     return shares["+Z"] is not None and shares["+Z"] >= FRONT_SHARE_MIN and all(v <= OTHER_SHARE_MAX for v in others)
 
@@ -268,7 +269,8 @@ def score_pair(mesh: trimesh.Trimesh, prompt: str, n_points: int = 8192, seed: i
     objects: list[dict | None] = [None, None]
     swapped = False
     if len(pieces) == 2:
-        objects = [score_object(piece, obj, n_points, seed, fidelity_points) for piece, obj in zip(pieces, scene.objects)]
+        objects = [score_object(piece, obj, n_points, seed, fidelity_points)
+                   for piece, obj in zip(pieces, scene.objects)]
         crossed = [(p, o) for p, o in zip(pieces, reversed(scene.objects))]
         swapped = not all(e["correct"] for e in objects) and all(
             _names_match(p, o, n_points, seed) for p, o in crossed)
