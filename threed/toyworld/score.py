@@ -1,14 +1,17 @@
-"""Objective scores of a generated toy-world asset: colour right, shape right, one object, one front.
+"""Objective scores of a toy-world asset: how close to the truth, and colour, shape, pieces, front right.
 
-This is the only place generated assets meet the ground truth of :mod:`threed.toyworld.scenes`, and
-only to be scored; generation never reads it. :func:`score_mesh` measures an exported mesh against
-what its prompt describes (``"a red cube"``, ``"a blue cube with a yellow front"``):
+Generated assets meet the ground truth of :mod:`threed.toyworld.scenes` only here (and in the ladder's
+tools), and only to be scored; generation never reads it. :func:`score_mesh` measures an exported mesh
+against what its prompt describes (``"a red cube"``, ``"a blue cube with a yellow front"``; two-object
+prompts go to :func:`score_pair`):
 
+* **Fidelity.** F-scores, Chamfer-L1 and height/width against the exact primitive after the best
+  similarity alignment (:mod:`threed.toyworld.fidelity`).
 * **Colour.** The area-weighted per-channel median of the face colours, named on a hue disc and
   compared with the true albedo by CIEDE2000 (:mod:`threed.toyworld.colour`).
-* **Shape.** Area-uniform surface samples of the mesh and of each primitive (its own sampler, not a
-  mesh of it) are centred on their centroid and scaled to unit RMS radius, with no rotation (objects are
-  upright and face +Z by convention). The symmetric Chamfer distance (mean nearest-neighbour Euclidean
+* **Shape** (nearest class). Area-uniform surface samples of the mesh and of each primitive (its own
+  sampler, not a mesh of it) are centred on their centroid and scaled to unit RMS radius, with no
+  rotation (objects are upright and face +Z by convention). The symmetric Chamfer distance (mean nearest-neighbour Euclidean
   distance each way, summed) to each of the six primitives picks the predicted shape.
   Two independent samplings of one surface are themselves about 0.05 apart at the default 8192
   points: that is the floor every distance shares.
@@ -18,6 +21,10 @@ what its prompt describes (``"a red cube"``, ``"a blue cube with a yellow front"
   within 45 degrees of it (the toy world's own front rule, :data:`~threed.toyworld.scenes.FRONT_COS`)
   name a colour as above. For ``"... with a <c2> front"`` prompts, the number of sides showing ``c2`` is
   the Janus count: 1 is right, more is a multi-faced object (Poole et al., DreamFusion, 2022, sec. 3.2).
+  :func:`front_shares` measures instead the share of each side's area in the front colour, and
+  :func:`front_verdict` calls the front right when +Z mostly shows it and no other side does.
+* **Two objects.** The two largest pieces, in X order (the first-named object sits at -X), are each
+  scored against their object; the whole mesh's fidelity is against the whole scene.
 
 Every score is deterministic for a given ``seed`` and JSON-serialisable.
 """
