@@ -2,7 +2,8 @@
 
     python scripts/eval_toyworld.py --out eval/quickstart [--shapes cube sphere] [--colours red blue]
         [--seeds 0 1 2] [--prompts "a blue cube with a yellow front"] [--recipe quickstart]
-        [--ladder | --rungs sds ceiling prior] [KEY=VALUE ...]
+        [--ladder | --rungs sds ceiling prior] [--rescore] [KEY=VALUE ...]
+    python scripts/eval_toyworld.py --out eval/compare --compare eval/quickstart eval/quickstart-mesh eval/gaussian
 
 Each prompt and seed is scored on up to three rungs of the fidelity ladder (docs/toyworld.md), all with the
 same measures (:mod:`threed.toyworld.score`, :mod:`threed.toyworld.fidelity`):
@@ -21,6 +22,9 @@ same measures (:mod:`threed.toyworld.score`, :mod:`threed.toyworld.fidelity`):
   three-quarter view), rows = shape x seed, columns = colour, each tile labelled with its F-scores;
 * with ``ceiling`` or ``prior``: ``OUT/ladder.json``, ``OUT/ladder.md`` (the rungs side by side) and
   ``OUT/ladder.png`` (per prompt: truth, prior samples, ceiling asset, SDS asset).
+
+``--compare`` runs nothing: it puts the summaries of finished folders (one per recipe, say) in one table,
+per recipe and seed, in ``OUT/compare.md``.
 
 Running the same ``--out`` again skips what is done: prompts with an export and a scores entry, finished
 ceiling fits, prior reports; it rescores exported runs that lack an entry (or whose entry predates the
@@ -212,6 +216,25 @@ def prompt_table(jobs: list[Job], entries: dict) -> list[str]:
                      f"{h['pieces']} | {h['chamfer_l1']:.4f} | {h['largest']:.2f} | {psnr} | {field} | {size} | "
                      f"{cell_text(e)} | {front} | {wall} |")
     return lines
+
+
+def compare_markdown(folders: list[Path]) -> str:
+    """One table over evaluation folders (e.g. one per recipe): their SDS summary rows per seed and over all
+    seeds, read from each folder's ``scores.json``."""
+    lines = [SUMMARY_HEADER, separator(SUMMARY_HEADER)]
+    for folder in folders:
+        path = folder / "scores.json"
+        if not path.is_file():
+            raise ThreedError(f"{folder} has no scores.json: is it an eval_toyworld.py --out folder?")
+        report = json.loads(path.read_text())
+        label = f"`{report['recipe']}`" + (f" {' '.join(report['overrides'])}" if report.get("overrides") else "")
+        entries = [e for e in report["entries"].values() if "scores" in e]
+        seeds = sorted({e["seed"] for e in entries})
+        groups = [({k}, str(k)) for k in seeds] + ([(set(seeds), ", ".join(map(str, seeds)))] if len(seeds) > 1 else [])
+        for group, seed_label in groups:
+            rows = [headline(e["scores"]) for e in entries if e["seed"] in group]
+            lines.append(summary_row(label, seed_label, summarise(rows)))
+    return "\n".join(lines) + "\n"
 
 
 def summary_markdown(jobs: list[Job], entries: dict, recipe: str, overrides: list[str]) -> str:
@@ -478,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rungs", nargs="+", choices=RUNGS, default=["sds"],
                     help="ladder rungs to run (default sds, the recipe as shipped)")
     ap.add_argument("--ladder", action="store_true", help="run all three rungs: --rungs prior ceiling sds")
+    ap.add_argument("--compare", nargs="+", type=Path, metavar="OUT", help="print one summary table over finished "
+                    "evaluation folders (e.g. one per recipe) and exit; --out is then where compare.md is written")
     ap.add_argument("--rescore", action="store_true", help="score every exported SDS and ceiling run again "
                     "(after a change to the measures); nothing is generated or fitted again")
     ap.add_argument("--view-azimuth", type=float, default=30.0, help="contact-sheet view, degrees from the front")
@@ -490,6 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = overrides
     rungs = set(RUNGS) if args.ladder else set(args.rungs)
     try:
+        if args.compare:
+            table = compare_markdown(args.compare)
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(args.out / "compare.md", table)
+            print(table, end="")
+            return 0
         if args.threads:
             import torch
 

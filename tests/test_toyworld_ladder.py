@@ -111,3 +111,6 @@ def test_eval_script_ladder_writes_three_rungs_and_resumes(tmp_path, tiny_toy_di
     assert "SDS already scored, skipped" in capsys.readouterr().out
     assert (out / "ceiling" / "a-red-cube-seed0" / "export" / "model.glb").stat().st_mtime == stamp
     assert 0.0 <= ladder["prior"]["iou"] <= 1.0
+    assert script.main(["--out", str(tmp_path / "cmp"), "--compare", str(out)]) == 0
+    row = (tmp_path / "cmp" / "compare.md").read_text().splitlines()[2]
+    assert row.startswith("| `quickstart` ") and f"| {scores['fidelity']['f']['0.05']:.2f} |" in row
