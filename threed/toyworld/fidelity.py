@@ -111,7 +111,7 @@ class Truth:
         return d.detach().numpy(), grad.numpy()
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _dense_samples(scene: Scene, n_points: int = 200_000) -> np.ndarray:
     points = scene.sample_surface(n_points, torch.Generator().manual_seed(7))[0].double().numpy()
     points.setflags(write=False)
@@ -120,13 +120,17 @@ def _dense_samples(scene: Scene, n_points: int = 200_000) -> np.ndarray:
 
 def scene_extents(scene: Scene) -> tuple[float, float, float]:
     """X, Y, Z extents of a scene's surface (from 200,000 samples: an apex is missed by under 0.5%)."""
-    points = _dense_samples(scene)
+    points = _dense_samples(scene.uncoloured())
     return tuple(float(v) for v in points.max(0) - points.min(0))
 
 
-@functools.lru_cache(maxsize=64)
 def scene_height_width(scene: Scene) -> float:
     """:func:`height_width` of a scene's surface."""
+    return _height_width(scene.uncoloured())
+
+
+@functools.lru_cache(maxsize=64)
+def _height_width(scene: Scene) -> float:
     return height_width(_dense_samples(scene))
 
 

@@ -99,7 +99,7 @@ def judge_sample(image: torch.Tensor, scene: Scene, label: str) -> dict:
     """
     mask = foreground(image, FOREGROUND)
     colour = _median_colour(image, mask)
-    cams, coverage = _coverage(scene, label, image.shape[0])
+    cams, coverage = _coverage(scene.uncoloured(), label, image.shape[0])
     contrast = 1.0 if colour is None else float((torch.from_numpy(colour).float() - _border_colour(image)).abs().max())
     bank = coverage > min(max(FOREGROUND / max(contrast, 1e-6), 0.05), 0.95)
     ious = _iou(mask, bank)

@@ -367,6 +367,10 @@ class Scene:
     def caption(self) -> str:
         return " and ".join(o.phrase() for o in self.objects)
 
+    def uncoloured(self) -> "Scene":
+        """The same shapes in the same places, all white: a key for what depends on geometry alone."""
+        return Scene(tuple(SceneObject(o.shape, "white", None, o.offset, o.scale) for o in self.objects))
+
     @property
     def radius(self) -> float:
         """Radius of a sphere at the origin that holds the whole scene."""
