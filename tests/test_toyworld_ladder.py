@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from small_recipes import SMALL
+from small_recipes import SMALL, small
 from threed.guidance.prior import load_prior
 from threed.recipe import load_recipe
 from threed.toyworld.ceiling import MARKER, ceiling_recipe, run_ceiling
@@ -67,6 +67,16 @@ def test_the_ceiling_fits_the_truth_through_the_recipes_own_stages_and_export(tm
     assert fit["export"]["mean_psnr"] is not None and (tmp_path / "fit" / "stages" / "0-coarse" / "last.pt").is_file()
     again = run_ceiling(cfg, tmp_path / "fit")  # finished stages are kept, not fitted again
     assert again["final_loss"] == report["final_loss"]
+
+
+def test_the_ceiling_hands_geometry_on_between_stages_as_a_run_does(tmp_path, tiny_toy_dir):
+    """quickstart-mesh: the NeRF stage's fit starts the DMTet stage, whose surface is what gets exported."""
+    overrides = [o for o in small("quickstart-mesh") if not o.startswith("max_steps")] + ["max_steps=3"]
+    report = run_ceiling(load_recipe("quickstart-mesh", overrides + [f"model={tiny_toy_dir}"], prompt="a red cube"),
+                         tmp_path)
+    assert set(report["final_loss"]) == {"coarse", "refine"}
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["stage"] == "refine"
+    assert score_run(tmp_path, "a red cube")["fidelity"]["f"]["0.05"] > 0.0
 
 
 def test_nothing_in_the_package_reaches_the_ceiling():
