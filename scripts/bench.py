@@ -8,7 +8,7 @@
 
 It drives the real stage loop (``Stage.train_step``) and prints JSON: for each backend x resolution the
 median step time, steps/s, the median time of each phase (render, guidance, backward, optimizer), the
-time inside the frozen prior's UNet (``prior``, part of guidance), and ``outside_prior_share`` = 1 -
+time inside the frozen prior's network (``prior``, part of guidance; every guidance of the stage), and ``outside_prior_share`` = 1 -
 prior / step: the overhead DESIGN.md asks us to shrink. Steps are timed in steady state: the stage
 starts just past the occupancy grid's warm-up, as a run does after its first steps.
 
@@ -62,18 +62,20 @@ def bench_one(recipe: str, overrides: list[str], backend: str, resolution: int, 
     stage_cfg = cfg.stages[0]
     with tempfile.TemporaryDirectory() as tmp:
         ctx = RunContext(prompt=prompt, model=cfg.model, device=device, seed=cfg.seed, max_steps=None,
-                         run_dir=Path(tmp))
+                         run_dir=Path(tmp), image=cfg.image, mask=cfg.mask, depth=cfg.depth, image_model=cfg.image_model)
         stage = Stage(stage_cfg, ctx, 0)
         tr, _ = stage.setup()
-        prior = tr.guidance.prior
+        priors = list({id(g.prior): g.prior for g in tr.guidance}.values())
         timer = PhaseTimer(device)
-        predict = prior.noise_predictions
 
-        def timed_predict(*args, **kwargs):
-            with timer("prior"):
-                return predict(*args, **kwargs)
+        def timed(predict):
+            def timed_predict(*args, **kwargs):
+                with timer("prior"):
+                    return predict(*args, **kwargs)
+            return timed_predict
 
-        prior.noise_predictions = timed_predict  # instance attribute: this benchmark only
+        for prior in priors:  # every network call goes through model_outputs; instance attribute: this benchmark only
+            prior.model_outputs = timed(prior.model_outputs)
         try:
             tr.step = stage_cfg.scene.renderer.occupancy_warmup_steps
             for _ in range(2):  # untimed: allocator and kernel warm-up
@@ -86,7 +88,8 @@ def bench_one(recipe: str, overrides: list[str], backend: str, resolution: int, 
                 timer.next_step()
             wall = time.perf_counter() - t0
         finally:
-            del prior.noise_predictions
+            for prior in priors:
+                del prior.model_outputs
     med = timer.medians()
     step = med.pop("step")
     return {

@@ -9,14 +9,9 @@ import pytest
 from jaxtyping import install_import_hook
 
 # Shapes in signatures are checked at run time in the tests: every function of threed with jaxtyping
-# annotations is wrapped by jaxtyping + beartype on import (installed before threed is imported).
-# THREED_SHAPE_CHECKS=0 turns them off (e.g. to time the suite without their overhead).
-# threed.guidance (and reference.losses, which it imports) is left out until the `guidance` branch lands: its
-# annotations still name DiffusionPrior where view priors come and float where ints do.
-CHECKED = sorted({f"threed.{p.stem}" for p in (Path(__file__).parents[1] / "threed").iterdir()
-                  if (p.suffix == ".py" or p.is_dir()) and p.stem not in ("guidance", "reference", "__init__",
-                                                                          "__pycache__")}
-                 | {"threed.reference.image"})
+# annotations is wrapped by jaxtyping + beartype on import (installed before threed is imported), the whole
+# package (guidance included). THREED_SHAPE_CHECKS=0 turns them off (e.g. to time the suite without their overhead).
+CHECKED = ["threed"]
 if os.environ.get("THREED_SHAPE_CHECKS", "1") != "0":
     _SHAPE_CHECKS = install_import_hook(CHECKED, "type_checks.checker")  # kept for the whole session
 
@@ -24,7 +19,7 @@ from threed.runtime import tune_cpu_runtime  # noqa: E402
 
 tune_cpu_runtime()  # as the CLI does, before tiny_models imports torch
 
-from tiny_models import make_tiny_if, make_tiny_sd, make_tiny_toy, make_tiny_toy_zero123, make_tiny_zero123
+from tiny_models import make_tiny_if, make_tiny_sd, make_tiny_sd3, make_tiny_toy, make_tiny_toy_zero123, make_tiny_zero123
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -70,3 +65,9 @@ def tiny_zero123_dir(tmp_path_factory) -> Path:
 def tiny_toy_zero123_dir(tmp_path_factory) -> Path:
     """The toy-world view prior's layout (pixel UNet with the reference concatenated, pose projection)."""
     return make_tiny_toy_zero123(tmp_path_factory.mktemp("tiny-toy-zero123") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory) -> Path:
+    """Stable Diffusion 3 layout (MMDiT flow model, flow-matching scheduler, two CLIPs + T5)."""
+    return make_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))

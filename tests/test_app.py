@@ -9,12 +9,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from app_server import app_server, wait_for
 from PIL import Image
 
 from threed.app.jobs import JobQueue
@@ -34,36 +33,11 @@ TINY = ["stages.0.val_resolution=32", "stages.0.val_views=2", "export.grid_size=
 TRAVERSALS = ["../../etc", "..", ".", "/etc", "a/../../b", "..\\..\\windows", ".hidden", "", "run\x00x"]
 
 
-def wait_for(predicate, timeout: float, what: str, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``threed app`` on a free localhost port over a fresh output folder: (url, App)."""
-    pytest.importorskip("gradio")
-    from threed.app.server import serve
-
-    root = tmp_path_factory.mktemp("app-out")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        mp.setenv("GRADIO_TEMP_DIR", str(root / ".gradio"))  # serve() sets it too; this restores it after
-        blocks, app, url = serve("127.0.0.1", free_port(), root, block=False)
+    with app_server(tmp_path_factory.mktemp("app-out")) as (url, app):
         yield url, app
-        app.queue.close()
-        blocks.close()
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +119,24 @@ def test_prompt_to_viewer_in_a_real_browser(browser_page, server, tmp_path):
     assert run.prompt == "a red cube" and run.state == "done" and run.glb.stat().st_size > 1000
 
 
+def test_uploads_are_checked_by_content_in_a_real_browser(browser_page, tmp_path):
+    """The page's image input hands the upload over untouched: a photo reaches the form checks, a broken file
+    gets threed's message (not gradio's bare "Error"), and is kept by what it is, not by its name."""
+    page = browser_page
+    page.get_by_text("Or start from a photo").click()
+    upload = page.locator("#threed-image input[type=file]")
+    message = page.locator("#threed-message")
+    upload.set_input_files(str(Path(__file__).parents[1] / "assets" / "examples" / "red-cube.png"))
+    page.locator("#threed-generate").click()  # with the text recipe still chosen: refused, naming image recipes
+    assert wait_for(lambda: "quickstart-image" in message.inner_text(), 30, "the text-recipe message")
+    bad = tmp_path / "holiday.png"
+    bad.write_text("these are not pixels\n")
+    upload.set_input_files(str(bad))
+    page.locator("#threed-generate").click()
+    assert wait_for(lambda: "holiday.png is not an image" in message.inner_text(), 30, "the broken-upload message")
+    assert str(tmp_path) not in message.inner_text() and "Traceback" not in page.content()
+
+
 def test_run_names_cannot_leave_the_output_folder(server, tmp_path):
     url, app = server
     for name in TRAVERSALS:
@@ -162,7 +154,7 @@ def test_run_names_cannot_leave_the_output_folder(server, tmp_path):
 
     with httpx.Client(base_url=url, timeout=30) as http:
         event = http.post("/gradio_api/call/open_run", json={"data": ["../../etc"]}).json()["event_id"]
-        assert "event: error" in http.get(f"/gradio_api/call/open_run/{event}").text
+        assert "is not a run name" in http.get(f"/gradio_api/call/open_run/{event}").text  # run_dir's refusal
         inside = app.root / "probe.txt"
         inside.write_text("inside")
         assert http.get(f"/gradio_api/file={inside}").text == "inside"

@@ -79,3 +79,31 @@ def test_overrides_parse_dotted_paths():
     assert cfg.inner.size == 16 and cfg.name == "hello" and cfg.limit is None
     with pytest.raises(ThreedError, match="KEY=VALUE"):
         parse_overrides(["inner.size"])
+
+
+def test_an_empty_value_is_the_empty_string_for_text_and_null_where_null_is_allowed():
+    """``key=`` is what a shell leaves of ``key=""``: text fields read it as "", optional fields as null."""
+    cfg = build(Outer, parse_overrides(["name=", "limit="]))
+    assert cfg.name == "" and cfg.limit is None
+    assert build(Outer, parse_overrides(['name=""'])).name == ""  # the quoted form, as typed in the app's box
+    for key, needs in (("inner.size", "an integer"), ("inner.mode", "one of: a, b"), ("inner.pair", "a list"),
+                       ("rule", r"a mapping with a kind \(x, y\)"), ("items.0.size", "an integer")):
+        with pytest.raises(ThreedError, match=rf"{key} has no value .*needs {needs}.*leave {key} out"):
+            build(Outer, parse_overrides([f"{key}="]) if "items" not in key else {"items": [{"size": None}]})
+
+
+def test_a_value_that_is_not_text_shows_the_quoting_that_keeps_it_text():
+    with pytest.raises(ThreedError) as err:
+        build(Outer, parse_overrides(["name=true"]))
+    assert "'name=\"true\"'" in str(err.value)
+    assert build(Outer, parse_overrides(['name="true"'])).name == "true"  # what the shell hands on from it
+
+
+def test_nfsd_advice_to_set_the_negative_prompt_to_empty_can_be_followed_from_a_shell():
+    """NFSD's unknown-word error says to set guidance.negative_prompt to "": a shell turns that into ``key=``."""
+    from threed.recipe import load_recipe
+
+    guidance = load_recipe("nfsd", ["stages.0.guidance.negative_prompt="]).stages[0].guidance
+    guidance = guidance[0] if isinstance(guidance, list) else guidance  # one rule, or the list the registry makes
+    assert guidance.kind == "nfsd" and guidance.negative_prompt == ""
+    assert load_recipe("nfsd", ["stages.0.model="]).stages[0].model is None  # optional: back to the recipe's model

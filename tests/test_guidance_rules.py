@@ -1,5 +1,6 @@
 """Score rules beyond SDS: each residual against a hand computation, the shared plumbing they use,
-the timestep schedules, and a short CPU run of each recipe through the command line."""
+the timestep schedules, and a short CPU run of each recipe through the command line. (RFDS, on a flow
+prior, is tested in test_flow.py; every rule's common contract in test_guidance_conformance.py.)"""
 
 from __future__ import annotations
 
@@ -16,9 +17,16 @@ from threed.config import build
 from threed.errors import ThreedError
 from threed.guidance.lora import camera_features
 from threed.guidance.prior import DiffusionPrior, load_prior
-from threed.guidance.prompts import PromptConfig, PromptProcessor
-from threed.guidance.score import (ISM, NFSD, SDS, VSD, DreamTimeConfig, ISMConfig, NFSDConfig, SDSConfig,
-                                   TimestepSampler, VSDConfig, make_guidance)
+from threed.guidance.registry import make_guidance
+from threed.guidance.rules.csd import CSD, CSDConfig
+from threed.guidance.rules.ism import ISM, ISMConfig
+from threed.guidance.rules.nfsd import NFSD, NFSDConfig
+from threed.guidance.rules.sdi import SDI, SDIConfig
+from threed.guidance.rules.sds import SDS, SDSConfig
+from threed.guidance.rules.sds_bridge import SDSBridge, SDSBridgeConfig
+from threed.guidance.rules.vsd import VSD, VSDConfig
+from threed.guidance.text import PromptConfig, PromptProcessor
+from threed.guidance.timesteps import DreamTimeConfig, TimestepSampler
 from threed.recipe import load_recipe
 from threed.render.output import RenderOut
 from tiny_models import KnownDenoiser, ProjectingDenoiser, with_unet
@@ -190,6 +198,105 @@ def test_guide_without_negatives_is_diffusers_cfg_and_perpendicular_negatives_ar
                                rtol=0, atol=1e-5)
 
 
+# --------------------------------------------------------------------------- CSD
+
+
+def test_csd_residual_is_the_classifier_score_with_an_annealed_negative(stub_prior):
+    prompts = PromptProcessor(stub_prior, "a red chair")
+    cfg = CSDConfig(guidance_scale=20.0, negative_prompt="a dog", negative_scale=2.0, negative_steps=10)
+    csd = CSD(cfg, stub_prior, prompts)
+    assert csd.negative_weight == 0.0  # the negative anneals in from 0 ...
+    csd.update(5, 100)
+    assert csd.negative_weight == pytest.approx(1.0)  # ... linearly ...
+    out, t, noise = _render(), torch.tensor([300, 600]), torch.randn(2, 3, 16, 16)
+    csd(out, CAMS, t=t, noise=noise).loss.backward()
+    a = stub_prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * _x0(out) + (1 - a).sqrt() * noise
+    cond, _ = prompts.embeddings(CAMS)
+    e_c, e_null, e_neg = eps(stub_prior, x_t, t, cond), eps(stub_prior, x_t, t, ""), eps(stub_prior, x_t, t, "a dog")
+    # No generative term eps(null) - eps: only the (negative) classifier scores.
+    _check_render_grad(stub_prior, out, t, 20.0 * (e_c - e_null) - 1.0 * (e_neg - e_null))
+    csd.update(50, 100)
+    assert csd.negative_weight == pytest.approx(2.0)  # ... to negative_scale, then stays
+    plain = CSD(CSDConfig(guidance_scale=20.0), stub_prior, prompts)  # no negative prompt: one CFG call
+    out2 = _render()
+    plain(out2, CAMS, t=t, noise=noise).loss.backward()
+    _check_render_grad(stub_prior, out2, t, 20.0 * (e_c - e_null))
+
+
+# --------------------------------------------------------------------------- SDS-Bridge
+
+
+def test_sds_bridge_replaces_the_unconditional_branch_by_the_view_dependent_source_prompt(stub_prior):
+    prompts = PromptProcessor(stub_prior, "a red chair")
+    cfg = SDSBridgeConfig(guidance_scale=30.0, sds_guidance_scale=100.0, source_suffix=", small", sds_fraction=0.5)
+    bridge = SDSBridge(cfg, stub_prior, prompts)
+    t, noise = torch.tensor([300, 600]), torch.randn(2, 3, 16, 16)
+    a = stub_prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+    cond, _ = prompts.embeddings(CAMS)
+
+    def run(step):
+        bridge.update(step, 10)
+        out = _render()
+        bridge(out, CAMS, t=t, noise=noise).loss.backward()
+        return out, a.sqrt() * _x0(out) + (1 - a).sqrt() * noise
+
+    out, x_t = run(4)  # the first half of the stage is plain SDS at its own scale
+    e_c, e_u = eps(stub_prior, x_t, t, cond), eps(stub_prior, x_t, t, "")
+    _check_render_grad(stub_prior, out, t, e_u + 100.0 * (e_c - e_u) - noise, atol=1e-4)  # float32, values ~100
+    out, x_t = run(5)  # then the bridge: the prompt against the prompt + its artefacts, per view (azimuths 30, 150)
+    e_src = eps(stub_prior, x_t, t, ["a red chair, small, front view", "a red chair, small, back view"])
+    _check_render_grad(stub_prior, out, t, 30.0 * (eps(stub_prior, x_t, t, cond) - e_src))
+    with pytest.raises(ThreedError, match="source_suffix"):
+        build(SDSBridgeConfig, {"source_suffix": ", "})
+
+
+# --------------------------------------------------------------------------- SDI
+
+
+def test_sdi_noise_is_the_one_that_ddim_inversion_of_the_render_implies(stub_prior):
+    prompts = PromptProcessor(stub_prior, "a red chair")
+    cfg = SDIConfig(guidance_scale=7.5, inversion_steps=2, inversion_guidance_scale=-6.5, inversion_eta=0.0)
+    sdi = SDI(cfg, stub_prior, prompts)
+    out, t = _render(), torch.tensor([30, 700])
+    sdi(out, CAMS, t=t, noise=torch.randn(2, 3, 16, 16)).loss.backward()
+    ab = stub_prior.alphas_cumprod
+    cond, uncond = prompts.embeddings(CAMS)
+    expected = []
+    for i, t_i in enumerate(t.tolist()):
+        x0 = _x0(out)[i:i + 1]
+
+        def guided(x, k, s):
+            kk = torch.tensor([float(k)])
+            e_c, e_u = KnownDenoiser.formula(x, kk, cond[i:i + 1]), KnownDenoiser.formula(x, kk, uncond[i:i + 1])
+            return e_u + s * (e_c - e_u)
+
+        x = _ddim(x0, guided(x0, 0, -6.5), torch.tensor(1.0), ab[t_i // 2])  # from the clean render (abar = 1)
+        x = _ddim(x, guided(x, t_i // 2, -6.5), ab[t_i // 2], ab[t_i])  # guided inversion steps 0 -> t/2 -> t
+        kappa = (x - ab[t_i].sqrt() * x0) / (1 - ab[t_i]).sqrt()
+        expected.append(guided(x, t_i, 7.5) - kappa)
+    # The random noise of the core plays no part (another one was drawn above).
+    _check_render_grad(stub_prior, out, t, torch.cat(expected), weighting="ism", atol=1e-4)  # float32 inversion
+
+    def grad(seed, eta):
+        g = SDI(SDIConfig(inversion_steps=2, inversion_eta=eta), stub_prior, prompts,
+                generator=torch.Generator().manual_seed(seed))
+        o = _render()
+        g(o, CAMS, t=t).loss.backward()
+        return o.rgb.grad
+    assert torch.equal(grad(0, 0.3), grad(0, 0.3)) and not torch.equal(grad(0, 0.3), grad(1, 0.3))
+
+
+def test_linear_schedule_anneals_one_timestep_per_step():
+    sampler = TimestepSampler(SDSConfig(schedule="linear", t_min=0.02, t_max=0.98), 1000)
+    ts = []
+    for step in (0, 25, 50, 100, 200):
+        sampler.update(step, 100)
+        ts.append(sampler.bounds)
+    assert ts == [(980, 980), (740, 740), (500, 500), (20, 20), (20, 20)]
+    assert torch.equal(sampler.sample(3), torch.full((3,), 20))
+
+
 # --------------------------------------------------------------------------- VSD
 
 
@@ -306,10 +413,10 @@ def test_dreamtime_schedule_decreases_monotonically_and_follows_its_prior():
 @pytest.mark.parametrize("name,kind,rule", [("nfsd", "nfsd", NFSD), ("prolificdreamer", "vsd", VSD),
                                             ("quickstart", "sds", SDS)])
 def test_recipes_select_their_rule_by_kind(name, kind, rule, toy_prior):
-    cfg = load_recipe(name).stages[0].guidance
+    (cfg,) = load_recipe(name).stages[0].guidance
     assert cfg.kind == kind and cfg.guidance_scale == (20.0 if kind == "sds" else 7.5)
     negative = ["stages.0.guidance.negative_prompt=\"\""] if kind == "nfsd" else []
-    cfg = load_recipe(name, negative).stages[0].guidance
+    (cfg,) = load_recipe(name, negative).stages[0].guidance
     assert isinstance(make_guidance(cfg, toy_prior, PromptProcessor(toy_prior, "a red cube")), rule)
     with pytest.raises(ThreedError, match="lora_rank"):  # a key of another kind is an unknown key
         load_recipe(name, ["stages.0.guidance.kind=ism", "stages.0.guidance.lora_rank=2"])
@@ -317,7 +424,9 @@ def test_recipes_select_their_rule_by_kind(name, kind, rule, toy_prior):
 
 def test_rule_configs_validate_their_values():
     for cls, bad in [(NFSDConfig, {"small_t": 2.0}), (VSDConfig, {"lora_rank": 0}), (VSDConfig, {"camera_dropout": 2}),
-                     (ISMConfig, {"delta_t": 0.0}), (ISMConfig, {"inversion_steps": 0})]:
+                     (ISMConfig, {"delta_t": 0.0}), (ISMConfig, {"inversion_steps": 0}), (CSDConfig, {"negative_steps": -1}),
+                     (SDSBridgeConfig, {"sds_fraction": 1.5}), (SDIConfig, {"inversion_eta": -1}),
+                     (SDSConfig, {"weight": -1})]:
         with pytest.raises(ThreedError, match=next(iter(bad))):
             build(cls, bad)
 
@@ -329,7 +438,10 @@ def test_rule_configs_validate_their_values():
     ("prolificdreamer", []),
     ("quickstart", ["stages.0.guidance.kind=ism", "stages.0.guidance.inversion_steps=2"]),
     ("quickstart", ["stages.0.prompt.perp_neg=true", "stages.0.prompt.view_interpolation=true"]),
-], ids=["nfsd", "prolificdreamer", "ism", "sds-perp-neg"])
+    ("csd", ["stages.0.guidance.negative_prompt=\"a blue sphere\"", "stages.0.guidance.negative_steps=2"]),
+    ("sds-bridge", ["stages.0.guidance.source_suffix=\", small\"", "stages.0.guidance.sds_fraction=0.5"]),
+    ("sdi", ["stages.0.guidance.inversion_steps=2"]),
+], ids=["nfsd", "prolificdreamer", "ism", "sds-perp-neg", "csd", "sds-bridge", "sdi"])
 def test_each_recipe_runs_offline_on_cpu_with_the_toy_prior_layout(recipe, extra, tiny_toy_dir, tmp_path):
     run = tmp_path / "run"
     assert main(["generate", "a red cube", "--recipe", recipe, "--out", str(run), f"model={tiny_toy_dir}",
@@ -337,5 +449,5 @@ def test_each_recipe_runs_offline_on_cpu_with_the_toy_prior_layout(recipe, extra
     ckpt = Checkpoint.load(run / "stages" / "0-coarse" / "last.pt")
     assert ckpt.step == 3 and (run / "export" / "model.glb").stat().st_size > 0
     assert all(torch.isfinite(v).all() for v in ckpt.scene.values() if v.is_floating_point())
-    assert set(ckpt.guidance) == ({"lora"} if recipe == "prolificdreamer" else set())
+    assert set(ckpt.guidance["0"]) == ({"lora"} if recipe == "prolificdreamer" else set())  # one guidance
 

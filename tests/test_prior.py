@@ -10,8 +10,9 @@ import torch
 from diffusers import DDIMScheduler
 
 from threed.errors import ThreedError
-from threed.guidance import prior as prior_mod
-from threed.guidance.prior import LatentPrior, PixelPrior, load_prior, release_priors
+from threed.guidance import loading
+from threed.guidance.loading import PriorCache
+from threed.guidance.prior import LatentPrior, PixelPrior, load_prior
 from tiny_models import FixedOutput, KnownDenoiser, with_unet
 
 
@@ -26,7 +27,12 @@ def test_sd_layout_loads_as_frozen_latent_prior(tiny_sd_dir):
     assert prior.resolution == 16  # UNet sample_size 8 x VAE factor 2
     assert prior.num_train_timesteps == 1000 and prior.alphas_cumprod.shape == (1000,)
     assert all(_frozen(m) for m in (prior.unet, prior.vae, prior.text_encoder))
-    assert load_prior(str(tiny_sd_dir), "cpu") is prior  # loaded once per process
+    cache = PriorCache()
+    cached = load_prior(str(tiny_sd_dir), "cpu", cache=cache)
+    assert load_prior(str(tiny_sd_dir), "cpu", cache=cache) is cached and len(cache) == 1  # loaded once per owner
+    assert load_prior(str(tiny_sd_dir), "cpu") is not cached  # no owner: a fresh load
+    cache.clear()
+    assert len(cache) == 0 and load_prior(str(tiny_sd_dir), "cpu", cache=cache) is not cached
     x0 = prior.encode_images(torch.rand(2, 16, 16, 3))
     assert x0.shape == (2, 4, 8, 8) and x0.dtype == torch.float32
     img = prior.decode(x0)
@@ -63,7 +69,7 @@ def test_toy_layout_loads_through_the_same_code(tiny_toy_dir):
 
 
 def test_toyworld_short_name_maps_to_the_package_folder(tmp_path, monkeypatch, tiny_toy_dir):
-    monkeypatch.setattr(prior_mod, "PACKAGE_ROOT", tmp_path)
+    monkeypatch.setattr(loading, "PACKAGE_ROOT", tmp_path)
     expected = tmp_path / "priors" / "toyworld"
     with pytest.raises(ThreedError, match="toyworld") as err:
         load_prior("toyworld", "cpu")
@@ -132,8 +138,7 @@ def test_text_embeddings_are_cached_on_disk_by_model_and_prompt(tmp_path, monkey
     cache = tmp_path / "text_embeddings"
 
     def fresh(folder):
-        release_priors()  # a new prior object: its in-memory cache is empty
-        prior = load_prior(str(folder), "cpu")
+        prior = load_prior(str(folder), "cpu")  # a new prior object: its in-memory cache is empty
         calls = []
         prior.text_encoder.register_forward_hook(lambda *a: calls.append(1))
         return prior, calls
@@ -154,12 +159,10 @@ def test_text_embeddings_are_cached_on_disk_by_model_and_prompt(tmp_path, monkey
 
 def test_a_corrupt_cache_file_is_recomputed(tmp_path, monkeypatch, tiny_if_dir):
     monkeypatch.setenv("THREED_CACHE", str(tmp_path))
-    release_priors()
     prior = load_prior(str(tiny_if_dir), "cpu")
     good = prior.encode_text(["a dog"])
     (path,) = (tmp_path / "text_embeddings").glob("*.pt")
     path.write_bytes(b"not a tensor")
-    release_priors()
     assert torch.equal(load_prior(str(tiny_if_dir), "cpu").encode_text(["a dog"]), good)
 
 

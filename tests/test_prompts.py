@@ -9,7 +9,7 @@ from threed.cameras import Cameras
 from threed.config import build
 from threed.errors import ThreedError
 from threed.guidance.prior import load_prior
-from threed.guidance.prompts import PromptConfig, PromptProcessor
+from threed.guidance.text import PromptConfig, PromptProcessor
 
 # front, side (+X), back, side (-X), overhead
 CAMS = Cameras.orbit(elevation=[0, 10, 0, 10, 80], azimuth=[0, 90, 180, -90, 30], distance=3.0, fovy_deg=40,

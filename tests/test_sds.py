@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import typing
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,9 +10,11 @@ from threed.cameras import Cameras
 from threed.config import build
 from threed.errors import ThreedError
 from threed.guidance.prior import load_prior
-from threed.guidance.prompts import PromptConfig, PromptProcessor
-from threed.guidance.score import (GUIDANCE_CONFIGS, SDS, GuidanceConfig, SDSConfig, TimestepSampler,
-                                   distillation_loss, make_guidance)
+from threed.guidance.distillation import distillation_loss
+from threed.guidance.registry import GUIDANCES, make_guidance
+from threed.guidance.rules.sds import SDS, SDSConfig
+from threed.guidance.text import PromptConfig, PromptProcessor
+from threed.guidance.timesteps import TimestepSampler
 from threed.render.output import RenderOut
 from tiny_models import KnownDenoiser, with_unet
 
@@ -135,8 +135,8 @@ def test_update_moves_the_sampled_timesteps(stub_setup):
 
 
 def test_configs_build_from_mappings_and_dispatch_on_kind(stub_setup):
-    cfg = build(GUIDANCE_CONFIGS["sds"], {"kind": "sds", "guidance_scale": 20, "t_max": 0.9, "grad_clip": 1})
-    assert isinstance(cfg, SDSConfig) and cfg.grad_clip == 1.0 and SDSConfig in typing.get_args(GuidanceConfig)
+    cfg = build(GUIDANCES.config("sds"), {"kind": "sds", "guidance_scale": 20, "t_max": 0.9, "grad_clip": 1})
+    assert isinstance(cfg, SDSConfig) and cfg.grad_clip == 1.0
     with pytest.raises(ThreedError, match="valid keys"):
         build(SDSConfig, {"guidance": 20})
     with pytest.raises(ThreedError, match="t_min"):

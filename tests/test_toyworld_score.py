@@ -10,8 +10,8 @@ import yaml
 from threed.errors import ThreedError
 from threed.export.formats import write_mesh
 from threed.toyworld.scenes import COLOURS, SHAPES
-from threed.toyworld.score import (chamfer, colour_distances, name_colour, reference_mesh, reference_points, score_mesh,
-                                   score_run)
+from threed.toyworld.score import (FRONT_SHARE_MIN, OTHER_SHARE_MAX, chamfer, colour_distances, front_shares,
+                                   name_colour, reference_mesh, reference_points, score_mesh, score_pair, score_run)
 
 # Two independent 8192-point samplings of one surface are ~0.045 apart (in RMS radii): the Chamfer floor.
 FLOOR = 0.05
@@ -34,9 +34,10 @@ def _paint(mesh: trimesh.Trimesh, rgb) -> trimesh.Trimesh:
 def test_ground_truth_scores_right_for_every_colour(meshes, shape):
     for colour, rgb in COLOURS.items():
         prompt = f"a {colour} {shape}"
-        s = score_mesh(_paint(meshes[shape], rgb), prompt, n_points=2048)
+        s = score_mesh(_paint(meshes[shape], rgb), prompt, n_points=2048, fidelity_points=1000)
         assert s["correct"], (prompt, s["colour"]["name"], s["shape"]["name"])
         assert np.allclose(s["colour"]["rgb"], rgb, atol=1 / 255)  # uint8 rounding of the stored colours
+        assert s["colour"]["delta_e"] < 0.5 and s["fidelity"]["f"]["0.05"] == 1.0
         assert s["components"] == {"n_components": 1, "n_pieces": 1, "largest_area_fraction": 1.0,
                                    "single_object": True}
         assert s["sides_with_colour"] == 4 and "janus_count" not in s
@@ -117,6 +118,62 @@ def test_janus_count_on_painted_cubes():
     assert behind["janus_count"] == 1 and not behind["front_correct"]
     truth = score_mesh(reference_mesh(prompt), prompt)  # the toy world's own front rule
     assert truth["janus_count"] == 1 and truth["front_correct"] and truth["correct"]
+    shares = truth["front_shares"]  # faces at the front edge average the two colours of their vertices
+    assert shares["+Z"] > 0.95 and max(shares["-Z"], shares["+X"], shares["-X"]) < 0.02 and truth["front_right"]
+    assert one["front_right"] and not two["front_right"] and not three["front_right"] and not behind["front_right"]
+    assert two["front_shares"]["-Z"] == 1.0 and behind["front_shares"]["+Z"] == 0.0
+
+
+def test_front_shares_forgive_a_bled_edge_not_half_a_second_face():
+    prompt = "a blue cube with a yellow front"
+    box = _painted_box([(0, 0, 1)])
+    colours = np.asarray(box.visual.face_colors)
+    centres = box.triangles_center
+    # A stripe of the front colour bled 15 % of the way along the +X face, from the front edge.
+    colours[(box.face_normals[:, 0] > 0.9) & (centres[:, 2] > 0.38 - 0.15 * 0.76)] = [242, 217, 26, 255]
+    bled = box.copy()
+    bled.visual = trimesh.visual.ColorVisuals(bled, face_colors=colours)
+    shares = front_shares(bled, "blue", "yellow")
+    assert 0.0 < shares["+X"] <= OTHER_SHARE_MAX and shares["+Z"] >= FRONT_SHARE_MIN
+    assert score_mesh(bled, prompt, fidelity_points=1000)["front_right"]
+    colours[(box.face_normals[:, 2] < -0.9) & (centres[:, 0] > 0.0)] = [242, 217, 26, 255]  # half the back
+    half = box.copy()
+    half.visual = trimesh.visual.ColorVisuals(half, face_colors=colours)
+    s = score_mesh(half, prompt, fidelity_points=1000)
+    assert s["front_shares"]["-Z"] == pytest.approx(0.5, abs=0.05) and not s["front_right"]
+
+
+@pytest.fixture(scope="module")
+def pair_truth() -> trimesh.Trimesh:
+    return reference_mesh("a red cube and a blue sphere", 96)
+
+
+def test_two_object_truth_scores_right_and_each_object_is_judged_on_its_side(pair_truth):
+    s = score_pair(pair_truth, "a red cube and a blue sphere", fidelity_points=2000)
+    assert s["correct"] and s["components"]["two_objects"] and not s["swapped"]
+    cube, sphere = s["objects"]
+    assert cube["shape"]["name"] == "cube" and cube["colour"]["name"] == "red" and cube["colour"]["delta_e"] < 0.5
+    assert sphere["shape"]["name"] == "sphere" and sphere["colour"]["name"] == "blue"
+    assert cube["fidelity"]["f"]["0.05"] == 1.0 and sphere["fidelity"]["f"]["0.05"] == 1.0
+    assert s["fidelity"]["f"]["0.05"] == 1.0  # the pair as a whole: layout and relative size right
+    json.dumps(s)
+    assert score_mesh(pair_truth, "a red cube and a blue sphere", fidelity_points=1000)["correct"]  # routed here
+
+
+def test_two_objects_on_the_wrong_sides_or_of_the_wrong_shape_are_wrong(pair_truth):
+    swapped = score_pair(pair_truth, "a blue sphere and a red cube", fidelity_points=1000)
+    assert not swapped["correct"] and swapped["swapped"]
+    assert swapped["objects"][0]["shape"]["name"] == "cube"  # the -X piece, judged against the first-named sphere
+    assert swapped["objects"][0]["fidelity"]["f"]["0.05"] < 0.7
+    # The whole scene's geometry turned by 180 degrees about +Y is the swapped scene: the layout is right, the
+    # sides are not, which is why sides are judged per object.
+    assert swapped["fidelity"]["f"]["0.05"] == 1.0 and abs(swapped["fidelity"]["alignment"]["rotation_deg"]) > 170
+    cone = score_pair(pair_truth, "a red cube and a blue cone", fidelity_points=1000)
+    assert not cone["correct"] and not cone["swapped"] and cone["objects"][0]["correct"]
+    assert not cone["objects"][1]["shape"]["correct"]
+    one = score_pair(reference_mesh("a red cube"), "a red cube and a blue sphere", fidelity_points=1000)
+    assert not one["correct"] and one["objects"] == [None, None] and not one["components"]["two_objects"]
+    assert one["fidelity"]["recall"]["0.05"] < 0.9  # one cube explains only part of the scene
 
 
 def test_colour_naming_survives_shading_and_washing_out():
@@ -149,11 +206,26 @@ def test_score_run_reads_the_export_and_the_prompt(tmp_path, meshes):
     assert not from_ply["shape"]["correct"] and from_ply["shape"]["margin"] < 0
     assert from_ply["colour"]["rgb"] == from_glb["colour"]["rgb"]
     json.dumps(from_ply)  # scores.json needs plain types
+    assert from_ply["export"] == {}  # no export.json
+
+
+def test_score_run_reports_the_field_size_and_the_export_psnr(tmp_path, meshes):
+    """export.json's transform took the field to a unit box; with it the field's size against the truth's."""
+    field = _paint(meshes["cone"], COLOURS["red"])
+    field.apply_scale(0.8)  # the field's cone, in its world frame: 80 % of the true size
+    scale = 1.0 / field.extents.max()
+    exported = field.copy()
+    exported.apply_scale(scale)  # export = scale * (world - centre), longest side 1
+    write_mesh(exported, tmp_path / "export" / "model.ply")
+    (tmp_path / "export" / "export.json").write_text(json.dumps(
+        {"transform": {"scale": scale}, "views": {"mean_psnr": 31.5}}))
+    report = score_run(tmp_path, "a red cone")["export"]
+    assert report["mean_psnr"] == 31.5 and report["field_size"] == pytest.approx(0.8, abs=0.01)
 
 
 def test_errors_name_the_problem(tmp_path, meshes):
-    with pytest.raises(ThreedError, match="one-object"):
-        score_mesh(meshes["cube"], "a red cube and a blue sphere")
+    with pytest.raises(ThreedError, match="wants two"):
+        score_pair(meshes["cube"], "a red cube")
     with pytest.raises(ThreedError, match="unknown word 'hamburger'"):
         score_mesh(meshes["cube"], "a red hamburger")
     with pytest.raises(ThreedError, match="no vertex or face colours"):

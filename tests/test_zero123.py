@@ -14,7 +14,9 @@ import torch
 
 from threed.cameras import Cameras
 from threed.errors import ThreedError
-from threed.guidance.score import SDS, Zero123Config, make_guidance
+from threed.guidance.registry import make_guidance
+from threed.guidance.rules.sds import SDS
+from threed.guidance.rules.zero123 import Zero123Config
 from threed.guidance.zero123 import (ImageConditioning, LatentViewPrior, PixelViewPrior, load_view_prior,
                                      relative_pose)
 from threed.reference.image import ReferenceViewConfig, frame_object, load_reference, read_reference
@@ -247,7 +249,6 @@ def test_view_training_pairs_mirror_with_the_azimuth_change_negated():
 
 def test_depth_losses_ignore_scale_and_shift_and_need_a_depth_map(tmp_path):
     from threed.reference.losses import ReferenceConfig, ReferenceLosses, pearson_loss, scale_shift_mse
-    from threed.stage import RunContext
 
     d = torch.rand(500)
     assert float(pearson_loss(3 * d + 2, d)) < 1e-6 and float(scale_shift_mse(3 * d + 2, d)) < 1e-8
@@ -259,9 +260,7 @@ def test_depth_losses_ignore_scale_and_shift_and_need_a_depth_map(tmp_path):
     cfg = ReferenceConfig(view=ReferenceViewConfig(resolution=32))
 
     def losses(depth_path):
-        ctx = RunContext(prompt="", model="", device=torch.device("cpu"), seed=0, max_steps=None, run_dir=tmp_path,
-                         image=str(image), depth=depth_path)
-        return ReferenceLosses(cfg, ctx)
+        return ReferenceLosses(cfg, str(image), torch.device("cpu"), depth=depth_path)
 
     with_depth = losses(str(depth_map))
     ref = with_depth.reference

@@ -295,3 +295,42 @@ def make_tiny_toy_zero123(path: str | Path, seed: int = 0) -> Path:
                                                   image_dim=8, encoder_width=16, encoder_layers=1), 16)
         save_view_prior(path, *parts[:2], build_scheduler(ToyworldTrainConfig()), *parts[2:])
     return path
+
+
+def make_tiny_sd3(path: str | Path, seed: int = 0) -> Path:
+    """A Stable-Diffusion-3-layout folder, written by ``StableDiffusion3Pipeline.save_pretrained``:
+    SD3Transformer2DModel (8x8 latents, patch 1, joint width 32, pooled 32), AutoencoderKL (factor 2, 16 px,
+    SD3's shift and scale), FlowMatchEulerDiscreteScheduler (shift 3, as SD3 ships it), two
+    CLIPTextModelWithProjection (width 16, projection 16: concatenated, 32 = the joint width) with CLIP
+    tokenizers, and a T5EncoderModel (d_model 32) with a word-level tokenizer."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    path = Path(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        with tempfile.TemporaryDirectory() as src:
+            tokenizer = _clip_tokenizer(Path(src) / "1")
+            tokenizer_2 = _clip_tokenizer(Path(src) / "2")
+
+        def clip():
+            return CLIPTextModelWithProjection(CLIPTextConfig(
+                vocab_size=len(tokenizer), hidden_size=16, projection_dim=16, intermediate_size=37,
+                num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0,
+                eos_token_id=1, pad_token_id=1))
+
+        tokenizer_3 = word_level_tokenizer()
+        t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                     num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                                     decoder_start_token_id=0))
+        transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
+                                            attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
+                                            caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=16)
+        vae = AutoencoderKL(block_out_channels=(16, 32), norm_num_groups=8, in_channels=3, out_channels=3,
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                            latent_channels=4, sample_size=16, shift_factor=0.0609, scaling_factor=1.5305)
+        pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                        vae=vae, text_encoder=clip(), tokenizer=tokenizer, text_encoder_2=clip(),
+                                        tokenizer_2=tokenizer_2, text_encoder_3=t5, tokenizer_3=tokenizer_3)
+        pipe.save_pretrained(path)
+    return path

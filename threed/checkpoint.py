@@ -39,8 +39,11 @@ class Checkpoint:
     recipe (:meth:`threed.scene.Scene.from_checkpoint`)."""
     optimizer: dict[str, Any] | None = None
     guidance: dict[str, Any] = field(default_factory=dict)
-    """Trainable guidance state (e.g. VSD's LoRA adapters); empty for SDS."""
+    """Trainable state of each guidance of the stage, by position ``"0"``, ``"1"``, ... (VSD's LoRA adapters;
+    empty for SDS)."""
     rng: dict[str, Any] = field(default_factory=dict)
+    """Random states to resume exactly: ``global`` (torch's), ``stage`` (shading draws), ``cameras`` and
+    ``guidance`` (the stage's own generators of cameras and of the guidances' timesteps and noise)."""
     loss: float | None = None
     format: int = FORMAT_VERSION
 

@@ -169,10 +169,14 @@ def cmd_app(args: App) -> int:
         import gradio  # noqa: F401
     except ImportError as exc:
         raise ThreedError(f"the web app needs gradio ({exc}): pip install -e \".[app]\"") from exc
+    from threed.app.access import logins
+    from threed.app.jobs import QueueLimits
     from threed.app.server import serve
 
-    print(f"threed app: http://{args.host}:{args.port} (output folder {Path(args.out).resolve()})", file=sys.stderr)
-    serve(args.host, args.port, Path(args.out))
+    limits = QueueLimits(**{k: v for k, v in (("waiting", args.queue_limit), ("per_client", args.client_limit))
+                            if v is not None})
+    serve(args.host, args.port, Path(args.out), auth=logins(args.auth, args.auth_file), no_auth=args.no_auth,
+          limits=limits)
     return 0
 
 

@@ -181,6 +181,15 @@ class App(Command):
     host: str = option("address to bind (default 127.0.0.1: this machine only)", default="127.0.0.1")
     port: int = option("port to listen on", default=7860)
     out: str = option("output folder: runs are written and listed here", default="outputs")
+    auth: list[str] = option("require this login (repeat for more users); needed for any --host but a loopback one",
+                             metavar="USER:PASSWORD", repeat=True)
+    auth_file: str | None = option("logins from FILE, one USER:PASSWORD per line (keeps passwords out of the "
+                                   "process list)", metavar="FILE")
+    no_auth: bool = option("serve a non-loopback --host without a login: anyone who reaches it can run jobs",
+                           default=False)
+    queue_limit: int | None = option("jobs that may wait in the queue; more are refused (default 16)", metavar="N")
+    client_limit: int | None = option("jobs one login (or address) may have queued or running (default 4)",
+                                      metavar="N")
 
 
 COMMANDS: tuple[type[Command], ...] = (Generate, Export, Render, Recipes, Batch, App)

@@ -5,16 +5,30 @@ then turns the plain data into the component's config dataclass, checking every 
 An unknown key is an error that lists the valid keys; a ``Literal`` field names its choices. A config
 class derived from :class:`Shorthand` may be written as a bare number, which sets that field
 (``orient: 0.01`` for ``orient: {weight: 0.01}``, :mod:`threed.regularizers`).
+
+Plug-ins (guidance rules, ...) register their config class in a :class:`Registry`; a field annotated
+``Annotated[Base, registry]`` is built from a mapping by its ``kind``, so adding a plug-in never means
+editing a union of config classes here or in the component that holds the field.
+
+An empty value (``key=`` on a command line, where the shell has already eaten the quotes of ``key=""``;
+``key:`` or ``key: null`` in YAML) is null to OmegaConf. :func:`build` reads it by the field's type: a
+field that may be null takes null (``image=`` drops the image, ``max_steps=`` lifts the cap); a text
+field that may not takes the empty string (``stages.0.guidance.negative_prompt=`` is no negative prompt);
+any other field refuses it, saying what to give. Errors about text show the shell quoting that keeps
+a value text (``'key="true"'``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -33,15 +47,133 @@ def _where(path: str) -> str:
     return f" at '{path}'" if path else ""
 
 
+class Registry:
+    """Plug-ins of one family: ``kind`` -> config class -> implementation, filled by the plug-ins themselves.
+
+    A plug-in module calls :meth:`register` with its config dataclass (whose ``kind`` field is a one-value
+    ``Literal`` defaulting to that value) and its implementation. ``package`` names the package that holds
+    the plug-in modules; every module in it is imported before the first lookup, so a plug-in is one new
+    file there. A config field annotated ``Annotated[Base, registry]`` (or a list of them) is built by
+    :func:`build` from a mapping through its ``kind``, ``default`` when the mapping has none.
+    """
+
+    def __init__(self, name: str, default: str, package: str):
+        self.name = name
+        self.default = default
+        self.package = package
+        self._configs: dict[str, type] = {}
+        self._impls: dict[type, Any] = {}
+        self._loaded = False
+
+    def register(self, config: type, impl: Any) -> None:
+        """Add a plug-in: ``config``'s ``kind`` default names it; ``impl`` is what :meth:`implementation` returns."""
+        field = next((f for f in dataclasses.fields(config) if f.name == "kind"), None)
+        hint = typing.get_type_hints(config).get("kind")
+        if field is None or typing.get_origin(hint) is not Literal or typing.get_args(hint) != (field.default,):
+            raise TypeError(f"{config.__name__} needs a field kind: Literal['<name>'] = '<name>' to join the "
+                            f"{self.name} registry")
+        kind = field.default
+        if self._configs.get(kind, config) is not config:
+            raise TypeError(f"{self.name} kind {kind!r} is registered twice ({self._configs[kind].__name__}, "
+                            f"{config.__name__})")
+        self._configs[kind] = config
+        self._impls[config] = impl
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            package = importlib.import_module(self.package)
+            for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+                importlib.import_module(f"{self.package}.{module}")
+
+    def kinds(self) -> list[str]:
+        """Every registered kind, sorted."""
+        self._load()
+        return sorted(self._configs)
+
+    def config(self, kind: str, path: str = "") -> type:
+        """The config class of ``kind``; an unknown kind is a :class:`ThreedError` naming the known ones."""
+        self._load()
+        if kind not in self._configs:
+            raise ThreedError(f"unknown {self.name} kind {kind!r}{_where(path)}; choose one of: "
+                              f"{', '.join(self.kinds())}")
+        return self._configs[kind]
+
+    def implementation(self, config: Any) -> Any:
+        """What the plug-in of ``config``'s class registered."""
+        self._load()
+        impl = self._impls.get(type(config))
+        if impl is None:
+            raise ThreedError(f"no {self.name} plug-in for {type(config).__name__}; known kinds: "
+                              f"{', '.join(self.kinds())}")
+        return impl
+
+
+def _registry(tp: Any) -> tuple[type, Registry] | None:
+    """(base class, registry) of an ``Annotated[Base, registry]`` type, else None."""
+    if typing.get_origin(tp) is Annotated:
+        base, *extras = typing.get_args(tp)
+        for extra in extras:
+            if isinstance(extra, Registry):
+                return base, extra
+    return None
+
+
+def _key(path: str) -> str:
+    """``stages[0].steps`` as it is typed in an override: ``stages.0.steps``."""
+    return re.sub(r"\[(\d+)\]", r".\1", path) if path else "KEY"
+
+
+def _expected(tp: Any) -> str:
+    """What a field of type ``tp`` takes, in words."""
+    if (plugin := _registry(tp)) is not None:
+        return f"a mapping with a kind ({', '.join(plugin[1].kinds())})"
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _expected(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        kinds = _kinds(options)
+        return f"a mapping with a kind ({', '.join(kinds)})" if kinds else " or ".join(map(_expected, options))
+    if origin is Literal:
+        return "one of: " + ", ".join(map(str, typing.get_args(tp)))
+    if dataclasses.is_dataclass(tp) or origin in (dict, Mapping):
+        return "a mapping"
+    if origin in (tuple, list, Sequence):
+        return "a list"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _empty(tp: Any, path: str) -> ThreedError:
+    key = _key(path)
+    return ThreedError(f"{key} has no value (nothing after '{key}=', or null in YAML), but it needs {_expected(tp)}: "
+                       f"give one, or leave {key} out to keep the recipe's")
+
+
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     """Check and convert ``value`` to the annotated type ``tp``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if (plugin := _registry(tp)) is not None:
+        base, registry = plugin
+        if isinstance(value, base):
+            return value
+        if value is None:
+            raise _empty(tp, path)
+        if not isinstance(value, Mapping):
+            raise ThreedError(f"expected a mapping with a kind{_where(path)}, got {value!r}")
+        return build(registry.config(value.get("kind", registry.default), path), value, path)
+    if origin is Annotated:
+        return _coerce(typing.get_args(tp)[0], value, path)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        if value is None:
+            if str in args:
+                return ""
+            raise _empty(tp, path)
         kinds = _kinds([a for a in args if a is not type(None)])
         if kinds is not None and isinstance(value, Mapping):
             kind = value.get("kind", next(iter(kinds)))
@@ -57,6 +189,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             except ThreedError as exc:
                 errors.append(str(exc))
         raise ThreedError(errors[0] if len(errors) == 1 else f"invalid value {value!r}{_where(path)}: " + "; ".join(errors))
+    if value is None:
+        if tp is str:
+            return ""
+        raise _empty(tp, path)
     if origin is Literal:
         if value not in args:
             raise ThreedError(f"invalid value {value!r}{_where(path)}; choose one of: {', '.join(map(str, args))}")
@@ -68,6 +204,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             return build(tp, {tp.SHORTHAND: value}, path)
         return build(tp, value, path)
     if origin in (tuple, list, Sequence):
+        if isinstance(value, Mapping) and args and _registry(args[0]) is not None:
+            value = [value]  # one plug-in where a list of them is expected: a list of one
         if not isinstance(value, (list, tuple)):
             raise ThreedError(f"expected a list{_where(path)}, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -98,7 +236,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ThreedError(f"expected a string{_where(path)}, got {value!r}")
+            text = str(value).lower() if isinstance(value, bool) else "..."
+            raise ThreedError(f"expected a string{_where(path)}, got {value!r}: to keep a value text on a command "
+                              f"line, quote it inside the shell's quotes, e.g. '{_key(path)}=\"{text}\"'")
         return str(value)
     return value
 
@@ -134,7 +274,7 @@ def build(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
         prefix = f"{path}." if path else ""
         raise ThreedError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)}; "
                           f"valid keys{_where(path)}: {', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f"{path}.{name}" if path else name)

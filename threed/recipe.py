@@ -22,8 +22,9 @@ from tqdm import tqdm
 from threed.checkpoint import Checkpoint
 from threed.config import build, parse_overrides, to_dict
 from threed.errors import ThreedError
-from threed.files import write_bytes_atomic
 from threed.export.pipeline import ExportConfig, export_checkpoint
+from threed.files import write_bytes_atomic
+from threed.guidance.loading import PriorCache
 from threed.run import RunLayout
 from threed.stage import RunContext, Stage, StageConfig
 
@@ -90,20 +91,42 @@ def recipe_path(name_or_path: str) -> Path:
     return recipes[name_or_path]
 
 
-def _apply_list_overrides(base, overrides) -> None:
-    """OmegaConf merges lists wholesale; ``stages.0.steps=10`` must edit one stage instead, and
-    ``stages.*.steps=10`` every stage (applied first, so a numbered override wins)."""
-    for key in [k for k in overrides if k == "stages" and OmegaConf.is_dict(overrides[k])]:
-        patches = overrides.pop(key)
-        for idx in sorted(patches, key=lambda k: k != "*"):
-            if idx == "*":
-                for i in range(len(base.stages)):
-                    base.stages[i] = OmegaConf.merge(base.stages[i], patches[idx])
-                continue
-            if not str(idx).isdigit() or not 0 <= int(idx) < len(base.stages):
-                raise ThreedError(f"override stages.{idx}: the recipe has {len(base.stages)} stages "
-                                  f"(use stages.0 ... stages.{len(base.stages) - 1}, or stages.* for all)")
-            base.stages[int(idx)] = OmegaConf.merge(base.stages[int(idx)], patches[idx])
+def _apply_list_overrides(base, overrides, path: str = "") -> None:
+    """OmegaConf merges lists wholesale; a dotted override into a list must edit its items instead:
+    ``stages.0.steps=10`` one stage, ``stages.*.steps=10`` every stage (applied first, so a numbered
+    override wins), nested lists alike (``stages.0.guidance.1.weight=20``). A key that is not an index
+    edits the only item of a one-item list, so ``stages.0.guidance.guidance_scale=50`` works on a stage
+    with one guidance, however the recipe wrote it. A list given where the recipe has a mapping replaces it
+    (``stages.0.guidance=[{kind: sds}, {kind: csd}]``)."""
+    for key in [k for k in overrides if k in base and OmegaConf.is_dict(base[k])]:
+        if OmegaConf.is_list(overrides[key]):
+            base[key] = overrides.pop(key)
+        elif OmegaConf.is_dict(overrides[key]):
+            _apply_list_overrides(base[key], overrides[key], f"{path}{key}.")
+    for key in [k for k in overrides if k in base and OmegaConf.is_list(base[k]) and OmegaConf.is_dict(overrides[k])]:
+        items, patches, where = base[key], overrides.pop(key), f"{path}{key}"
+        indexed = [k for k in patches if k == "*" or str(k).isdigit()]
+        plain = [k for k in patches if k not in indexed]
+        if plain:
+            if len(items) != 1:
+                raise ThreedError(f"override {where}.{plain[0]}: {where} has {len(items)} entries; name one "
+                                  f"({where}.0 ... {where}.{len(items) - 1}), all ({where}.*), or give the "
+                                  f"whole list ({where}=[...])")
+            patches = OmegaConf.merge({"0": {k: patches[k] for k in plain}}, {k: patches[k] for k in indexed})
+            indexed = list(patches)
+        for idx in sorted(indexed, key=lambda k: k != "*"):
+            if idx != "*" and not (str(idx).isdigit() and 0 <= int(idx) < len(items)):
+                owner, noun = ("the recipe", "stages") if where == "stages" else (where, "entries")
+                raise ThreedError(f"override {where}.{idx}: {owner} has {len(items)} {noun} "
+                                  f"(use {where}.0 ... {where}.{len(items) - 1}, or {where}.* for all)")
+            for i in range(len(items)) if idx == "*" else [int(idx)]:
+                patch = patches[idx]
+                if OmegaConf.is_dict(patch) and OmegaConf.is_dict(items[i]):
+                    patch = OmegaConf.create(OmegaConf.to_container(patch))  # a copy: the recursion pops from it
+                    _apply_list_overrides(items[i], patch, f"{where}.{i}.")
+                    items[i] = OmegaConf.merge(items[i], patch)
+                else:
+                    items[i] = patch
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = (), **top_level) -> RecipeConfig:
@@ -177,14 +200,17 @@ def validate_inputs(cfg: RecipeConfig) -> None:
                           "[--mask mask.png]")
 
 
-def run_recipe(cfg: RecipeConfig, run_dir: Path) -> dict[str, Path]:
-    """Run every stage of ``cfg`` in ``run_dir`` (continuing finished/partial stages), then export."""
+def run_recipe(cfg: RecipeConfig, run_dir: Path, priors: PriorCache | None = None) -> dict[str, Path]:
+    """Run every stage of ``cfg`` in ``run_dir`` (continuing finished/partial stages), then export.
+
+    ``priors`` holds the loaded priors (a worker serving many runs passes its own, so that a prior loads
+    once per worker); by default the run loads its own."""
     validate_inputs(cfg)
     device = resolve_device(cfg.device)
     save_config(cfg, run_dir)
     ctx = RunContext(prompt=cfg.prompt, model=cfg.model, device=device, seed=cfg.seed,
                      max_steps=cfg.max_steps, run_dir=run_dir, image=cfg.image, mask=cfg.mask, depth=cfg.depth,
-                     image_model=cfg.image_model)
+                     image_model=cfg.image_model, priors=priors or PriorCache())
     ckpt: Checkpoint | None = None
     for i, stage_cfg in enumerate(cfg.stages):
         ckpt = Stage(stage_cfg, ctx, i).run(init=ckpt)

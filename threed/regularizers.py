@@ -114,7 +114,7 @@ class LossConfig:
     """The terms summed into a step's loss: the guidance, then each regulariser times its weight."""
 
     guidance: float = 1.0
-    """Weight of the score-distillation term from the guidance."""
+    """Weight of the score-distillation term: the weighted sum of the stage's guidances."""
     orient: Orientation = field(default_factory=Orientation)
     """DreamFusion orientation loss: penalises normals facing away from the camera (NeRF stages)."""
     sparsity: Sparsity = field(default_factory=Sparsity)
@@ -132,7 +132,11 @@ class LossConfig:
 
     def total(self, guidance: Tensor, out: RenderOut) -> Tensor:
         """``w_guidance * guidance + sum_i w_i * term_i(out)`` over the terms with a non-zero weight."""
-        loss = self.guidance * guidance if self.guidance != 0 else torch.zeros_like(guidance)
+        return self.regularized(self.guidance * guidance if self.guidance != 0 else torch.zeros_like(guidance), out)
+
+    def regularized(self, loss: Tensor, out: RenderOut) -> Tensor:
+        """``loss + sum_i w_i * term_i(out)``: the regularisers added to a loss other than the guidance's (the
+        ceiling fit's photometric loss, :mod:`threed.toyworld.ceiling`), in the order :meth:`total` adds them."""
         for term in self.regularizers:
             loss = loss + term.weight * term(out)
         return loss

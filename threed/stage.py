@@ -21,14 +21,13 @@ from threed.config import to_dict
 from threed.errors import ThreedError
 from threed.export.isosurface import extract_mesh
 from threed.export.video import write_grid
-from threed.guidance.factory import make_stage_guidance
-from threed.guidance.prompts import PromptConfig
-from threed.guidance.score import (
-    GuidanceConfig,
-    GuidanceOut,
-    SDSConfig,
-    ScoreDistillation,
-)
+from threed.guidance.build import GuidanceInputs, build_guidances
+from threed.guidance.combined import GuidanceSet
+from threed.guidance.distillation import GuidanceOut
+from threed.guidance.loading import PriorCache
+from threed.guidance.registry import GuidanceConfig
+from threed.guidance.rules.sds import SDSConfig
+from threed.guidance.text import PromptConfig
 from threed.profiling import PhaseTimer
 from threed.progress import StageProgress
 from threed.reference.losses import ReferenceConfig, ReferenceLosses
@@ -50,13 +49,14 @@ class StageConfig:
     render_size: int = 64
     """Pixels per side of the training renders (square images)."""
     model: str | None = None
-    """Diffusion prior of this stage; None uses the recipe's ``model``."""
+    """Prior of this stage's text and flow guidances that name none of their own; None uses the recipe's ``model``."""
     scene: SceneConfig = field(default_factory=NeRFSceneConfig)
     """What is optimised: the representation (``kind``), its renderer, background and shading (threed.scene)."""
-    guidance: GuidanceConfig = field(default_factory=SDSConfig)
-    """How the prior scores the renders (``kind``: sds, nfsd, vsd, zero123, ...; threed.guidance.score)."""
+    guidance: list[GuidanceConfig] = field(default_factory=lambda: [SDSConfig()])
+    """The stage's guidances, each a rule (``kind``: sds, nfsd, vsd, zero123, ...; threed.guidance.rules) with its
+    ``weight``; a single mapping is a list of one."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
-    """How the recipe's prompt is conditioned: view-dependent suffixes, negative prompt (threed.guidance.prompts)."""
+    """How the recipe's prompt is conditioned: view-dependent suffixes, negative prompt (threed.guidance.text)."""
     cameras: CameraSamplerConfig = field(default_factory=CameraSamplerConfig)
     """Where the random training cameras are drawn from, and how many per step (``batch_size``)."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -95,6 +95,8 @@ class RunContext:
     depth: str | None = None
     image_model: str | None = None
     """View-conditioned prior of an image-to-3D run (``zero123`` guidance)."""
+    priors: PriorCache = field(default_factory=PriorCache)
+    """The priors the run's stages have loaded (each once)."""
 
 
 def hand_off_level(scene: Scene, previous: Scene) -> float:
@@ -117,7 +119,7 @@ class Training:
     """The mutable state of a stage being optimised (apart from its config)."""
 
     scene: Scene
-    guidance: ScoreDistillation
+    guidance: GuidanceSet
     optimizer: torch.optim.Optimizer
     params: list[torch.nn.Parameter]
     """Scene parameters, for gradient clipping."""
@@ -125,6 +127,8 @@ class Training:
     """Draws shading modes."""
     cameras: torch.Generator
     """Draws the training cameras (the stage's own stream: nothing else moves it)."""
+    noise: torch.Generator
+    """Draws the guidances' timesteps and noise (given to them through :class:`GuidanceInputs`)."""
     step: int = 0
     """Steps completed."""
     last: Checkpoint | None = None
@@ -161,19 +165,22 @@ class Stage:
         scene = Scene(cfg.scene).to(ctx.device)
         if resume is None and init is not None:
             self._hand_off(scene, init)
-        guidance = make_stage_guidance(cfg.guidance, cfg.model or ctx.model, cfg.prompt, ctx,
-                                       cfg.reference.view if cfg.reference else None)
+        # Cameras and guidance (timesteps, noise) draw from generators of their own, seeded per stage, so
+        # neither the renderer's draws nor a changed camera batch shifts the other's stream.
+        noise = torch.Generator().manual_seed(ctx.seed + 1000 * self.index + 2)
+        guidance = build_guidances(cfg.guidance, GuidanceInputs(
+            device=ctx.device, priors=ctx.priors, prompt=ctx.prompt, prompt_config=cfg.prompt,
+            model=cfg.model or ctx.model, image_model=ctx.image_model, image=ctx.image, mask=ctx.mask,
+            view=cfg.reference.view if cfg.reference else None, generator=noise))
         params = scene.parameter_groups(cfg.optimizer)
         optimizer = torch.optim.Adam(params + guidance.parameter_groups(), betas=cfg.optimizer.betas,
                                      eps=cfg.optimizer.eps)
-        # Cameras and guidance (timesteps, noise) draw from generators of their own, seeded per stage, so
-        # neither the renderer's draws nor a changed camera batch shifts the other's stream.
-        guidance.generator = torch.Generator().manual_seed(ctx.seed + 1000 * self.index + 2)
         tr = Training(scene=scene, guidance=guidance, optimizer=optimizer,
                       params=[p for group in params for p in group["params"]],
                       rng=random.Random(ctx.seed + self.index),
-                      cameras=torch.Generator().manual_seed(ctx.seed + 1000 * self.index + 1),
-                      reference=ReferenceLosses(cfg.reference, ctx) if cfg.reference else None)
+                      cameras=torch.Generator().manual_seed(ctx.seed + 1000 * self.index + 1), noise=noise,
+                      reference=ReferenceLosses(cfg.reference, ctx.image, ctx.device, ctx.mask, ctx.depth)
+                      if cfg.reference else None)
         if resume is not None:
             scene.load_state_dict(resume.scene)
             if resume.optimizer is not None:
@@ -184,8 +191,8 @@ class Stage:
                 tr.rng.setstate(resume.rng["stage"])
             if "cameras" in resume.rng:
                 tr.cameras.set_state(resume.rng["cameras"])
-            if "guidance" in resume.rng and guidance.generator is not None:
-                guidance.generator.set_state(resume.rng["guidance"])
+            if "guidance" in resume.rng:
+                tr.noise.set_state(resume.rng["guidance"])
             tr.step = resume.step
         scene.train()
         return tr, resume
@@ -204,8 +211,7 @@ class Stage:
         loss = cfg.loss.total(g.loss, out)
         if tr.reference is not None:  # image-to-3D: the reference camera's losses, weighted by their own config
             with phase("reference"):
-                tr.reference.update(step, self.total_steps)
-                ref = tr.reference(tr.scene, step, out, cameras)
+                ref = tr.reference(tr.scene, step)
             loss = loss + sum(ref.values())
             g.terms.update({k: float(v.detach()) for k, v in ref.items()})
         if not torch.isfinite(loss):
@@ -282,8 +288,7 @@ class Stage:
                           scene_config=to_dict(tr.scene.cfg),
                           optimizer=tr.optimizer.state_dict(), guidance=tr.guidance.state_dict(),
                           rng={"global": capture_rng(), "stage": tr.rng.getstate(), "cameras": tr.cameras.get_state(),
-                               "guidance": tr.guidance.generator.get_state() if tr.guidance.generator is not None
-                               else None}, loss=loss)
+                               "guidance": tr.noise.get_state()}, loss=loss)
         ckpt.save(self.checkpoint_path)
         return ckpt
 

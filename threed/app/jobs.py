@@ -5,12 +5,17 @@ in ``RUN/log.txt``. A process of its own is what makes Cancel clean: the job get
 Ctrl-C at a terminal, so the command stops between two steps with its last checkpoint intact and the
 run folder can be continued with Resume (``threed generate --resume RUN``). Each job's state is kept
 in ``RUN/job.json`` too, so a run's outcome outlives the server.
+
+The line is bounded (:class:`QueueLimits`): a submission past the number of waiting jobs, or past
+one client's share, is refused with a message rather than queued, so a flood from one page or one
+script cannot push everyone else's jobs back without end.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,8 +31,30 @@ from threed.files import write_bytes_atomic
 
 CANCEL_GRACE_S = 30.0
 """Seconds a job may take to stop after SIGINT (it finishes its step) before it is terminated."""
+NICE = [shutil.which("nice"), "-n", "10"] if shutil.which("nice") else []
+"""Jobs start at a lower CPU priority than the server (``nice`` execs the job, so its PID is the job's):
+while a job trains on the CPU the page still answers at once. Measured in docs/reliability.md."""
 ERROR_PREFIX = "threed: error: "
 """How the command line prints a user-facing error (see threed.cli.main)."""
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """How much the line holds (``threed app --queue-limit N --client-limit N``)."""
+
+    waiting: int = 16
+    """Jobs waiting to start, all clients together; a submission beyond is refused ("the queue is full")."""
+    per_client: int = 4
+    """Jobs one client (a login, else an address) may have queued or running at once."""
+
+    def __post_init__(self):
+        if self.waiting < 1 or self.per_client < 1:
+            raise ThreedError(f"queue limits must be at least 1, got --queue-limit {self.waiting} "
+                              f"--client-limit {self.per_client}")
+
+
+ACTIVE = ("queued", "running", "cancelling")
+"""Job states that hold a place in the line or a worker."""
 
 
 @dataclass
@@ -46,6 +73,8 @@ class Job:
     finished: float | None = None
     worker: int | None = None
     """Worker that ran it (the GPU index on a CUDA machine)."""
+    client: str = "local"
+    """Who submitted it: the login name, else the client's address (what :class:`QueueLimits` counts)."""
 
 
 def worker_envs() -> list[dict[str, str]]:
@@ -60,9 +89,11 @@ def worker_envs() -> list[dict[str, str]]:
 class JobQueue:
     """First come, first served, over a fixed set of workers (threads that each run one process at a time)."""
 
-    def __init__(self, root: Path, envs: list[dict[str, str]] | None = None, python: str = sys.executable):
+    def __init__(self, root: Path, envs: list[dict[str, str]] | None = None, python: str = sys.executable,
+                 limits: QueueLimits = QueueLimits()):
         self.root = Path(root).resolve()
         self.python = python
+        self.limits = limits
         self._envs = envs if envs is not None else worker_envs()
         self._lock = threading.Condition()
         self._waiting: deque[Job] = deque()
@@ -78,20 +109,35 @@ class JobQueue:
     def workers(self) -> int:
         return len(self._envs)
 
-    def submit(self, run: str, args: list[str]) -> Job:
-        """Queue ``threed ARGS`` for run folder ``run`` (which the caller has created)."""
+    def submit(self, run: str, args: list[str], client: str = "local") -> Job:
+        """Queue ``threed ARGS`` for run folder ``run`` (which the caller has created) on behalf of ``client``."""
         with self._lock:
-            if self._closed:
-                raise ThreedError("the server is shutting down; no new jobs")
+            self._check_room(client)
             live = self._jobs.get(run)
-            if live is not None and live.state in ("queued", "running", "cancelling"):
+            if live is not None and live.state in ACTIVE:
                 raise ThreedError(f"run {run!r} already has a job {live.state}")
-            job = Job(run=run, args=list(args))
+            job = Job(run=run, args=list(args), client=client)
             self._jobs[run] = job
             self._waiting.append(job)
             self._save(job)
             self._lock.notify()
             return job
+
+    def check_room(self, client: str = "local") -> None:
+        """A :class:`ThreedError` saying why, when :meth:`submit` would refuse ``client`` now."""
+        with self._lock:
+            self._check_room(client)
+
+    def _check_room(self, client: str) -> None:
+        if self._closed:
+            raise ThreedError("the server is shutting down; no new jobs")
+        if len(self._waiting) >= self.limits.waiting:
+            raise ThreedError(f"the queue is full ({len(self._waiting)} jobs waiting, the most this server takes): "
+                              f"try again when one has started")
+        mine = sum(j.client == client and j.state in ACTIVE for j in self._jobs.values())
+        if mine >= self.limits.per_client:
+            raise ThreedError(f"you already have {mine} jobs queued or running, the most one client may have: "
+                              f"wait for one to finish, or cancel one")
 
     def get(self, run: str) -> Job | None:
         """The job of ``run`` started by this server, if any (a copy: jobs change under the lock)."""
@@ -108,7 +154,7 @@ class JobQueue:
         """Take a waiting job out of the line, or ask a running one to stop (it finishes its step first)."""
         with self._lock:
             job = self._jobs.get(run)
-            if job is None or job.state not in ("queued", "running", "cancelling"):
+            if job is None or job.state not in ACTIVE:
                 raise ThreedError(f"run {run!r} has no queued or running job to cancel")
             if job.state == "queued":
                 self._waiting.remove(job)
@@ -152,7 +198,7 @@ class JobQueue:
                 run_path = self.root / job.run
                 try:
                     with open(run_path / LOG_FILE, "ab") as log:  # the child keeps its own copy of the handle
-                        proc = subprocess.Popen([self.python, "-m", "threed.cli", *job.args],
+                        proc = subprocess.Popen([*NICE, self.python, "-m", "threed.cli", *job.args],
                                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                                 cwd=self.root, env={**os.environ, "PYTHONUNBUFFERED": "1",
                                                                     **self._envs[index]})

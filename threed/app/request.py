@@ -15,6 +15,7 @@ from pathlib import Path
 
 from threed.commands import Generate
 from threed.errors import ThreedError
+from threed.image_files import check_image_file
 from threed.recipe import RecipeConfig, load_recipe
 
 OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=.*", re.DOTALL)
@@ -96,14 +97,13 @@ def resume_command(run: Path) -> list[str]:
 
 def check_image(image: Path, mask: Path | None) -> None:
     """An image-to-3D input needs the object separated from its background: an alpha channel or a mask."""
-    from PIL import Image, UnidentifiedImageError
+    import io
 
-    try:
-        with Image.open(image) as im:
-            rgba = im.convert("RGBA") if im.mode == "P" else im
-            transparent = "A" in rgba.getbands() and rgba.getchannel("A").getextrema()[0] < 255
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ThreedError(f"the uploaded file is not an image threed can read ({exc})") from exc
+    from PIL import Image
+
+    with Image.open(io.BytesIO(check_image_file(image, "uploaded image")[0])) as im:
+        rgba = im.convert("RGBA") if im.mode == "P" else im
+        transparent = "A" in rgba.getbands() and rgba.getchannel("A").getextrema()[0] < 255
     if not transparent and mask is None:
         raise ThreedError("the image has no transparent background (no alpha channel) and no mask was given: "
                           "upload a PNG with the background removed, or add a mask (white = object)")

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import time
 import zipfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from threed.errors import ThreedError
 from threed.files import atomic_path
 from threed.progress import StageProgress
-from threed.recipe import load_run_config, run_layout, slugify
+from threed.recipe import load_run_config, slugify
 from threed.run import RunLayout
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -61,9 +63,16 @@ def list_runs(root: Path) -> list[str]:
     root = Path(root).resolve()
     if not root.is_dir():
         return []
-    runs = [RunLayout(p) for p in root.iterdir() if RUN_NAME.fullmatch(p.name) and p.resolve().parent == root]
-    runs = [r for r in runs if r.is_run]
-    return [r.root.name for r in sorted(runs, key=lambda r: r.config.stat().st_mtime, reverse=True)]
+    runs = {}
+    for p in root.iterdir():
+        if RUN_NAME.fullmatch(p.name) and p.resolve().parent == root:
+            try:
+                st = RunLayout(p).config.stat()
+            except OSError:  # not a run, or removed while the folder was read
+                continue
+            if stat.S_ISREG(st.st_mode):
+                runs[p.name] = st.st_mtime
+    return sorted(runs, key=runs.get, reverse=True)
 
 
 @dataclass
@@ -103,15 +112,31 @@ class RunView:
         return self.job.get("state") or ("done" if self.exported else "unfinished")
 
 
+@lru_cache(maxsize=1024)
+def _prompt_and_stages(run: str, signature: tuple[int, int]) -> tuple[str, tuple[str, ...]]:
+    """The prompt and stage names of a run's ``config.yaml``, read once per version of the file.
+
+    Every page listing reads every run: parsing each YAML each time cost 13 ms a run, so twenty pages
+    following twenty runs kept the server busy (docs/reliability.md). ``signature`` (mtime, size) is
+    the cache key that tells a rewritten file (a resume with overrides) from the one read before. A config
+    this version cannot read (or one removed meanwhile) still lists the run, with what its folder holds.
+    """
+    try:
+        cfg = load_run_config(run)
+    except (ThreedError, OSError):
+        return "", ()
+    return cfg.prompt or "", tuple(s.name for s in cfg.stages)
+
+
 def view_run(path: Path) -> RunView:
     """Read run folder ``path`` (already checked by :func:`run_dir`) into a :class:`RunView`."""
     try:
-        cfg = load_run_config(path)
-    except ThreedError:  # a config this version cannot read: list the run, show what the folder holds
-        cfg = None
-    layout = run_layout(path, cfg) if cfg is not None else RunLayout(path)
-    view = RunView(path=path, prompt=cfg.prompt if cfg is not None else "", stages=list(layout.stage_names),
-                   job=read_job(path))
+        st = RunLayout(path).config.stat()
+        prompt, stages = _prompt_and_stages(str(path), (st.st_mtime_ns, st.st_size))
+    except OSError:
+        prompt, stages = "", ()
+    layout = RunLayout(path, stages)
+    view = RunView(path=path, prompt=prompt, stages=list(stages), job=read_job(path))
     for stage in reversed(layout.stages):
         view.progress = view.progress or StageProgress.read(stage)
         grids = stage.val_images()

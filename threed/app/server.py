@@ -7,21 +7,27 @@ loses nothing, another tab can watch the same run, and past runs reopen the same
 
 Nothing leaves the machine: gradio's analytics are off, there are no share links, the fonts and the
 3D viewer (babylon.js) come from the gradio package itself, and the server binds 127.0.0.1 unless told
-otherwise.
+otherwise; any other address needs a login or an explicit ``--no-auth`` (:mod:`threed.app.access`).
+Uploads are checked by content and size (:mod:`threed.app.uploads`), and the queue is bounded, per
+client too (:class:`threed.app.jobs.QueueLimits`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from threed.app.jobs import JobQueue
+from threed.app.access import Credentials, resolve_access
+from threed.app.jobs import JobQueue, QueueLimits
 from threed.app.request import JobRequest, resume_command
 from threed.app.runs import RunView, list_runs, new_run_name, obj_zip, run_dir, view_run
+from threed.app.uploads import MAX_UPLOAD_BYTES, check_upload, image_input
 from threed.errors import ThreedError
 from threed.recipe import available_recipes, save_config
 
@@ -69,24 +75,38 @@ class App:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.queue = queue or JobQueue(self.root)
+        self._making = threading.Lock()
+        """Held from the queue's room check to the job's submission: a place seen free is still free, and two
+        submissions of one prompt in one second get two names."""
 
-    def submit(self, request: JobRequest) -> str:
-        """Check ``request``, make its run folder and queue it; returns the run name."""
+    def submit(self, request: JobRequest, client: str = "local") -> str:
+        """Check ``request``, make its run folder and queue it for ``client``; returns the run name.
+
+        Nothing is made for a request that is refused, whether for its content or a full queue.
+        """
+        suffix = {label: check_upload(upload, f"uploaded {label}")
+                  for label, upload in (("image", request.image), ("mask", request.mask)) if upload is not None}
         cfg = request.validate()
-        name = new_run_name(self.root, request.prompt or (request.image.stem if request.image else "image"))
-        path = run_dir(self.root, name, must_exist=False)
-        path.mkdir(parents=True)
-        if request.image is None:
-            save_config(cfg, path)  # listed at once, and the job is exactly a resume of this config
-            args = resume_command(path)
-        else:
-            kept = replace(request, image=self._keep(request.image, path, "input"),
-                           mask=request.mask and self._keep(request.mask, path, "mask"))
-            args = kept.command(path)
-        self.queue.submit(name, args)
+        with self._making:
+            self.queue.check_room(client)
+            name = new_run_name(self.root, request.prompt or (request.image.stem if request.image else "image"))
+            path = run_dir(self.root, name, must_exist=False)
+            path.mkdir(parents=True)
+            try:
+                if request.image is None:
+                    save_config(cfg, path)  # listed at once, and the job is exactly a resume of this config
+                    args = resume_command(path)
+                else:
+                    kept = replace(request, image=self._keep(request.image, path / f"input{suffix['image']}"),
+                                   mask=request.mask and self._keep(request.mask, path / f"mask{suffix['mask']}"))
+                    args = kept.command(path)
+                self.queue.submit(name, args, client)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)  # a failed copy, or the server began shutting down
+                raise
         return name
 
-    def resume(self, name: str) -> str:
+    def resume(self, name: str, client: str = "local") -> str:
         """Queue the continuation of an unfinished, cancelled or failed run."""
         path = run_dir(self.root, name)
         live = self.queue.get(name)
@@ -94,7 +114,7 @@ class App:
             raise ThreedError(f"run {name!r} is already {live.state}")
         if view_run(path).state == "done":
             raise ThreedError(f"run {name!r} is finished; there is nothing to resume")
-        self.queue.submit(name, resume_command(path))
+        self.queue.submit(name, resume_command(path), client)
         return name
 
     def cancel(self, name: str) -> str:
@@ -110,6 +130,8 @@ class App:
         job = self.queue.get(view.name)
         state = job.state if job else view.state
         message = job.message if job else view.job.get("message", "")
+        # The queue's record, when there is one: the job file was read earlier and may be a moment behind.
+        started, finished = (job.started, job.finished) if job else (view.job.get("started"), view.job.get("finished"))
         p = view.progress
         where = ""
         if p is not None:
@@ -134,7 +156,7 @@ class App:
         if state == "cancelling":
             return f"**Cancelling**: finishing the current step ({where})…"
         if state == "done":
-            took = duration(view.job["finished"] - view.job["started"]) if view.job.get("started") else None
+            took = duration(finished - started) if started and finished else None
             return f"**Done**{f' in {took}' if took else ''}: {where}." if where else "**Done**."
         if state == "failed":
             body = message.strip()
@@ -148,21 +170,33 @@ class App:
         """(label, run name) for the past-runs list."""
         out = []
         for name in list_runs(self.root)[:LISTED_RUNS]:
-            view = self.view(name)
+            try:
+                view = self.view(name)
+            except ThreedError:  # removed since it was listed (by hand, say): leave it off
+                continue
             job = self.queue.get(name)
             out.append((f"{view.prompt or name} · {job.state if job else view.state} · {name}", name))
         return out
 
     @staticmethod
-    def _keep(upload: Path, path: Path, stem: str) -> Path:
-        """Copy an upload into the run folder, so the run reads only what is inside it."""
-        dest = path / f"{stem}{Path(upload).suffix.lower() or '.png'}"
+    def _keep(upload: Path, dest: Path) -> Path:
+        """Copy an upload into the run folder (as ``dest``), so the run reads only what is inside it."""
         shutil.copyfile(upload, dest)
         return dest
 
 
 def parse_overrides(text: str | None) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def client_of(request) -> str:
+    """Whom a page's request counts against in :class:`QueueLimits`: its login, else its address."""
+    if request is None:
+        return "local"
+    if getattr(request, "username", None):
+        return f"user:{request.username}"
+    client = getattr(request, "client", None)
+    return f"address:{client.host}" if client is not None and client.host else "local"
 
 
 def build(root: Path, queue: JobQueue | None = None):
@@ -187,10 +221,10 @@ def build(root: Path, queue: JobQueue | None = None):
             with gr.Column(scale=2, min_width=320):
                 prompt = gr.Textbox(label="Prompt", placeholder='e.g. "a red cube"', elem_id="threed-prompt")
                 with gr.Accordion("Or start from a photo", open=False):
-                    image = gr.Image(label="Image (transparent background)", type="filepath", image_mode=None,
-                                     format="png", sources=["upload", "clipboard"], elem_id="threed-image")
-                    mask = gr.Image(label="Mask (optional; white = object)", type="filepath", image_mode="L",
-                                    format="png", sources=["upload"], elem_id="threed-mask")
+                    image = image_input(label="Image (transparent background)", image_mode=None, format="png",
+                                        sources=["upload", "clipboard"], elem_id="threed-image")
+                    mask = image_input(label="Mask (optional; white = object)", image_mode=None, format="png",
+                                       sources=["upload"], elem_id="threed-mask")
                 recipe = gr.Dropdown([(f"{r.name} — {r.description}", r.name) for r in shipped],
                                      value=default.name, label="Recipe", elem_id="threed-recipe")
                 with gr.Accordion("Settings", open=False):
@@ -211,7 +245,8 @@ def build(root: Path, queue: JobQueue | None = None):
                     cancel = gr.Button("Cancel", variant="stop", elem_id="threed-cancel")
                 message = gr.Markdown(elem_id="threed-message")
                 with gr.Group():
-                    runs = gr.Dropdown(app.run_choices(), value=None, label="Past runs", elem_id="threed-runs")
+                    runs = gr.Dropdown(app.run_choices(), value=None, label="Past runs", elem_id="threed-runs",
+                                       allow_custom_value=True)  # runs made since the page loaded; run_dir checks
                     with gr.Row():
                         refresh = gr.Button("Refresh list", size="sm")
                         resume = gr.Button("Resume selected", size="sm", elem_id="threed-resume")
@@ -257,13 +292,13 @@ def build(root: Path, queue: JobQueue | None = None):
             except ThreedError as exc:
                 return (gr.skip(), str(exc)) + (gr.skip(),) * 7
 
-        def on_generate(prompt, image, mask, recipe, steps, seed, preview_every, model, overrides):
-            request = JobRequest(prompt=prompt or "", recipe=recipe, steps=int(steps) if steps else None,
-                                 seed=None if seed is None else int(seed), model=(model or "").strip() or None,
-                                 preview_every=int(preview_every) if preview_every else None,
-                                 overrides=parse_overrides(overrides), image=Path(image) if image else None,
-                                 mask=Path(mask) if mask else None)
-            return follow(app.submit, request)
+        def on_generate(prompt, image, mask, recipe, steps, seed, preview_every, model, overrides, request):
+            job = JobRequest(prompt=prompt or "", recipe=recipe, steps=int(steps) if steps else None,
+                             seed=None if seed is None else int(seed), model=(model or "").strip() or None,
+                             preview_every=int(preview_every) if preview_every else None,
+                             overrides=parse_overrides(overrides), image=Path(image) if image else None,
+                             mask=Path(mask) if mask else None)
+            return follow(app.submit, job, client_of(request))
 
         def on_cancel(name):
             if not name:
@@ -273,8 +308,10 @@ def build(root: Path, queue: JobQueue | None = None):
             except ThreedError as exc:
                 return str(exc)
 
-        def on_resume(name):
-            return follow(app.resume, name) if name else (gr.skip(), "choose a run in the list first") + (gr.skip(),) * 7
+        def on_resume(name, request):
+            if not name:
+                return (gr.skip(), "choose a run in the list first") + (gr.skip(),) * 7
+            return follow(app.resume, name, client_of(request))
 
         def on_open(name):
             return follow(lambda n: app.view(n).name, name) if name else (gr.skip(),) * 9
@@ -287,6 +324,8 @@ def build(root: Path, queue: JobQueue | None = None):
             except ThreedError as exc:
                 return (str(exc),) + (gr.skip(),) * 6
 
+        for handler in (on_generate, on_resume):  # gradio finds gr.Request by type; annotations here are strings
+            handler.__annotations__["request"] = gr.Request
         shows = [status, preview, viewer, video, downloads, runs, shown]
         generate.click(on_generate, [prompt, image, mask, recipe, steps, seed, preview_every, model, overrides],
                        [current, message, *shows], api_name="generate",
@@ -301,15 +340,26 @@ def build(root: Path, queue: JobQueue | None = None):
     return blocks, app
 
 
-def serve(host: str = "127.0.0.1", port: int = 7860, out: Path = Path("outputs"), block: bool = True):
-    """Serve the page until interrupted (``block``), or start it and return ``(blocks, app, url)``."""
+def serve(host: str = "127.0.0.1", port: int = 7860, out: Path = Path("outputs"), block: bool = True,
+          auth: Credentials | None = None, no_auth: bool = False, limits: QueueLimits = QueueLimits()):
+    """Serve the page until interrupted (``block``), or start it and return ``(blocks, app, url)``.
+
+    ``auth`` is the logins to require (gradio's login page); a host that is not a loopback address
+    needs them, or ``no_auth`` (see :func:`threed.app.access.resolve_access`).
+    """
+    logins = resolve_access(host, auth, no_auth)
     root = Path(out).resolve()
     os.environ["GRADIO_TEMP_DIR"] = str(root / ".gradio")  # uploads and served copies stay in the output folder
-    blocks, app = build(root)
+    blocks, app = build(root, JobQueue(root, limits=limits))
+    if block:
+        print(f"threed app: http://{host}:{port} (output folder {root}"
+              f"{', login required' if logins else ''})", file=sys.stderr)
     blocks.queue(default_concurrency_limit=None)
     try:
         _, url, _ = blocks.launch(server_name=host, server_port=port, share=False, inbrowser=False,
                                   allowed_paths=[str(root)], ssr_mode=False, pwa=False, mcp_server=False,
+                                  auth=logins, auth_message="threed: log in with the --auth user and password",
+                                  max_file_size=MAX_UPLOAD_BYTES,
                                   enable_monitoring=False, footer_links=[], prevent_thread_lock=not block,
                                   quiet=not block, css=CSS)
     except BaseException:

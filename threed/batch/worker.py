@@ -68,7 +68,7 @@ def output_to(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def _generate(task: Task) -> dict[str, Any]:
+def _generate(task: Task, priors: Any = None) -> dict[str, Any]:
     from threed.recipe import last_checkpoint, load_recipe, load_run_config, run_recipe
 
     run_dir = Path(task.run_dir)
@@ -84,19 +84,20 @@ def _generate(task: Task) -> dict[str, Any]:
         print(f"threed batch: resuming {run_dir} ({result.get('resumed_from', 'no checkpoint yet')})")
     else:
         cfg = load_recipe(task.recipe, task.overrides, prompt=task.job.prompt, image=task.job.image)
-    files = run_recipe(cfg, run_dir)
+    files = run_recipe(cfg, run_dir, priors)
     result["files"] = {kind: str(path) for kind, path in files.items()}
     return result
 
 
-def run_task(task: Task) -> dict[str, Any]:
-    """Run one job to the end and describe the outcome (see the module docstring); never raises but Ctrl-C."""
+def run_task(task: Task, priors: Any = None) -> dict[str, Any]:
+    """Run one job to the end and describe the outcome (see the module docstring); never raises but Ctrl-C.
+    ``priors`` (a :class:`~threed.guidance.loading.PriorCache`) keeps loaded priors for the worker's next jobs."""
     start = time.monotonic()
     result: dict[str, Any] = {"worker": f"{socket.gethostname()} pid {os.getpid()}"}
     with output_to(Path(task.run_dir) / LOG_NAME):
         print(f"threed batch: job {task.job.id} ({task.job.source}) on {result['worker']}", flush=True)
         try:
-            result.update(_generate(task), status="done")
+            result.update(_generate(task, priors), status="done")
         except ThreedError as exc:
             print(f"threed: error: {exc}")
             result.update(status="invalid", error=str(exc))
@@ -137,6 +138,9 @@ def worker_loop(conn, gpu: int | None, threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+    from threed.guidance.loading import PriorCache
+
+    priors = PriorCache()  # a prior loads once per worker, not once per job
     while True:
         try:
             task = conn.recv()
@@ -144,7 +148,7 @@ def worker_loop(conn, gpu: int | None, threads: int | None) -> None:
             return
         if task is None:
             return
-        result = run_task(task)
+        result = run_task(task, priors)
         conn.send(result)
         if result["status"] == "error":
             return

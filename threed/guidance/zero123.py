@@ -54,9 +54,10 @@ from torch import Tensor
 
 from threed.cameras import Cameras
 from threed.errors import ThreedError
-from threed.guidance.prior import (DiffusionCore, LatentImages, PixelImages, _freeze, load_components,
-                                   resolve_model)
-from threed.guidance.prompts import Conditioning
+from threed.guidance.conditioning import Conditioning
+from threed.guidance.core import DiffusionCore
+from threed.guidance.images import LatentImages, PixelImages
+from threed.guidance.loading import PriorCache, cached, default_device_dtype, freeze, load_components, resolve_model
 from threed.reference.image import ReferenceImage, ReferenceViewConfig
 
 PoseConvention = Literal["zero123", "stable-zero123"]
@@ -71,9 +72,13 @@ VIEW_COMPONENTS = ("unet", "scheduler", "vae", "image_encoder", "feature_extract
 EXAMPLE_VIEW_MODEL = "bennyguo/zero123-xl-diffusers"
 
 
+RefValue = Float[Tensor, "B"] | Float[Tensor, ""] | float
+"""A reference camera's angle or distance: per view, or one for the whole batch (a 0-d tensor or a number)."""
+
+
 def relative_pose(elevation: Float[Tensor, "B"], azimuth: Float[Tensor, "B"], distance: Float[Tensor, "B"],
-                  ref_elevation: Float[Tensor, "B"] | float, ref_azimuth: Float[Tensor, "B"] | float,
-                  ref_distance: Float[Tensor, "B"] | float, convention: PoseConvention) -> Float[Tensor, "B 4"]:
+                  ref_elevation: RefValue, ref_azimuth: RefValue, ref_distance: RefValue,
+                  convention: PoseConvention) -> Float[Tensor, "B 4"]:
     """The 4-vector a Zero123-family model is conditioned on (see the module docstring); angles in degrees."""
     el, az, d = (torch.as_tensor(v, dtype=torch.float32) for v in (elevation, azimuth, distance))
     el_r, az_r, d_r = (torch.as_tensor(v, dtype=torch.float32, device=el.device).expand_as(el)
@@ -118,11 +123,11 @@ class ViewConditionedPrior(DiffusionCore):
             raise ThreedError(f"{name}: a Zero123-family UNet takes the noisy image and the reference concatenated "
                               f"(an even channel count), but this one takes {in_ch}")
         super().__init__(name, unet, scheduler, device, dtype, concat_channels=in_ch // 2)
-        self.projection = _freeze(projection, self.device, dtype)
+        self.projection = freeze(projection, self.device, dtype)
         self.convention = convention
         self.pose_as_class = getattr(unet.config, "class_embed_type", None) == "projection"
         self.image_dim = projection.in_features - 4
-        self.image_encoder = None if image_encoder is None else _freeze(image_encoder, self.device, dtype)
+        self.image_encoder = None if image_encoder is None else freeze(image_encoder, self.device, dtype)
         self.clip_size, mean, std = clip_preprocessing(feature_extractor)
         self.clip_mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.clip_std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
@@ -203,8 +208,8 @@ def view_conditioning(prior: ViewConditionedPrior, reference: Float[Tensor, "1 H
 
 
 class ImageConditioning:
-    """What :class:`~threed.guidance.score.ScoreDistillation` asks a prompt processor for, from a reference
-    image: per camera, the Zero123 condition at the camera's pose relative to the reference camera.
+    """The image :class:`~threed.guidance.conditioning.Conditioner`: per camera, the Zero123 condition of a
+    reference image at the camera's pose relative to the reference camera.
 
     The image embedding and reference latent are computed once, at construction.
     """
@@ -270,46 +275,39 @@ def save_projection(layer: torch.nn.Linear, folder: Path) -> None:
     save_file(state, folder / "diffusion_pytorch_model.safetensors")
 
 
-_LOADED: dict[tuple[str, str, torch.dtype, str], ViewConditionedPrior] = {}
-
-
 def load_view_prior(model: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                    convention: Literal["auto", "zero123", "stable-zero123"] = "auto") -> ViewConditionedPrior:
-    """Load (once per process) a frozen Zero123-family prior from a hub id, folder or ``toyworld``.
+                    convention: Literal["auto", "zero123", "stable-zero123"] = "auto",
+                    cache: PriorCache | None = None) -> ViewConditionedPrior:
+    """A frozen Zero123-family prior from a hub id, folder or ``toyworld``; once per ``cache`` (else a fresh load).
 
     ``dtype`` defaults to float16 on CUDA and float32 elsewhere. A ``vae`` makes it a
     :class:`LatentViewPrior` (which then needs the CLIP ``image_encoder``), otherwise a
     :class:`PixelViewPrior`.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    device, dtype = default_device_dtype(device, dtype)
     folder = resolve_model(model, VIEW_PRIOR_ALIASES, VIEW_COMPONENTS, key="image_model",
                            example=EXAMPLE_VIEW_MODEL, allow_bin=True)
     conv: PoseConvention = (("stable-zero123" if "stable" in model.lower() else "zero123")
                             if convention == "auto" else convention)
-    key = (str(folder.resolve()), str(device), dtype, conv)
-    if key in _LOADED:
-        return _LOADED[key]
-    index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
-    proj_name = next((n for n in PROJECTION_NAMES if n in index or (folder / n).is_dir()), None)
-    if proj_name is None or not (folder / proj_name).is_dir():
-        raise ThreedError(f"{folder} is not a Zero123-family model: it has no camera projection folder "
-                          f"({' or '.join(PROJECTION_NAMES)}); get one with `hf download {EXAMPLE_VIEW_MODEL} "
-                          f"--local-dir DIR` and pass image_model=DIR, or use image_model=toyworld")
-    parts = load_components(folder, ("unet", "scheduler"), ("vae", "image_encoder", "feature_extractor"), dtype,
-                            "a Zero123-family prior")
-    projection = _load_projection(folder / proj_name)
-    common = dict(name=model, unet=parts["unet"], scheduler=parts["scheduler"], projection=projection,
-                  device=device, dtype=dtype, convention=conv)
-    encoder = dict(image_encoder=parts.get("image_encoder"), feature_extractor=parts.get("feature_extractor"))
-    if "vae" in parts:
-        if "image_encoder" not in parts:
-            raise ThreedError(f"{folder} has a vae but no image_encoder: a latent Zero123 model needs its CLIP "
-                              "image encoder; download the model again")
-        prior: ViewConditionedPrior = LatentViewPrior(vae=parts["vae"], **encoder, **common)
-    else:
-        prior = PixelViewPrior(**common, **encoder)
-    _LOADED[key] = prior
-    return prior
+
+    def load() -> ViewConditionedPrior:
+        index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
+        proj_name = next((n for n in PROJECTION_NAMES if n in index or (folder / n).is_dir()), None)
+        if proj_name is None or not (folder / proj_name).is_dir():
+            raise ThreedError(f"{folder} is not a Zero123-family model: it has no camera projection folder "
+                              f"({' or '.join(PROJECTION_NAMES)}); get one with `hf download {EXAMPLE_VIEW_MODEL} "
+                              f"--local-dir DIR` and pass image_model=DIR, or use image_model=toyworld")
+        parts = load_components(folder, ("unet", "scheduler"), ("vae", "image_encoder", "feature_extractor"), dtype,
+                                "a Zero123-family prior")
+        projection = _load_projection(folder / proj_name)
+        common = dict(name=model, unet=parts["unet"], scheduler=parts["scheduler"], projection=projection,
+                      device=device, dtype=dtype, convention=conv)
+        encoder = dict(image_encoder=parts.get("image_encoder"), feature_extractor=parts.get("feature_extractor"))
+        if "vae" in parts:
+            if "image_encoder" not in parts:
+                raise ThreedError(f"{folder} has a vae but no image_encoder: a latent Zero123 model needs its CLIP "
+                                  "image encoder; download the model again")
+            return LatentViewPrior(vae=parts["vae"], **encoder, **common)
+        return PixelViewPrior(**common, **encoder)
+
+    return cached(cache, ("view", str(folder.resolve()), str(device), dtype, conv), load)

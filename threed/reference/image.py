@@ -25,6 +25,7 @@ from torch import Tensor
 
 from threed.cameras import Cameras
 from threed.errors import ThreedError
+from threed.image_files import read_image_file
 
 
 @dataclass
@@ -114,14 +115,7 @@ def frame_object(rgb: Float[Tensor, "B H W 3"], alpha: Float[Tensor, "B H W 1"],
 
 
 def _read(path: Path, what: str) -> np.ndarray:
-    import imageio.v3 as iio
-
-    if not path.is_file():
-        raise ThreedError(f"the {what} {path} does not exist")
-    try:
-        img = np.asarray(iio.imread(path))
-    except Exception as exc:
-        raise ThreedError(f"cannot read the {what} {path}: {exc}") from exc
+    img = read_image_file(path, what)
     if img.dtype == np.uint16:
         return img.astype(np.float32) / 65535.0
     if img.dtype == np.uint8:
@@ -150,7 +144,8 @@ def read_reference(image: str | Path, mask: str | Path | None = None, depth: str
     rgb = img[..., :3]
     if mask is not None:
         m = _read(Path(mask), "mask")
-        m = m[..., :3].mean(-1) if m.ndim == 3 else m
+        if m.ndim == 3:  # grey or colour; an alpha channel is ignored
+            m = m[..., :1 if m.shape[-1] == 2 else 3].mean(-1)
         if m.shape != rgb.shape[:2]:
             raise ThreedError(f"the mask {mask} is {m.shape[1]}x{m.shape[0]} but the image {image} is "
                               f"{rgb.shape[1]}x{rgb.shape[0]}; give a mask of the same size")

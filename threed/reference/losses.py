@@ -7,9 +7,10 @@ threestudio's zero123 system):
 * ``mask``: the rendered opacity against the mask (MSE, or binary cross-entropy);
 * ``depth`` (only with a depth map, ``depth=PATH``): the depth map is known only up to scale and shift
   (monocular estimators), so the loss is 1 - Pearson correlation over the mask (Magic123's and
-  threestudio's ``depth_rel``), or the MSE after the least-squares scale and shift;
-* with ``view_guidance`` (Magic123's joint 2D + 3D prior), Zero123-SDS on the stage's random views,
-  next to the stage's own (text) guidance.
+  threestudio's ``depth_rel``), or the MSE after the least-squares scale and shift.
+
+Magic123's joint 2D + 3D prior is not a reference loss: the stage lists both guidances, text SDS and
+Zero123-SDS, each with its weight (``guidance: [{kind: sds}, {kind: zero123, weight: 40}]``).
 
 Each weight is a :class:`Ramp`, so a term can warm up; weights multiply the terms here, and the stage
 adds the weighted sum to its loss.
@@ -18,6 +19,7 @@ adds the weighted sum to its loss.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -25,15 +27,12 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from threed.cameras import Cameras
-from threed.guidance.score import Zero123Config
 from threed.reference.image import ReferenceViewConfig, load_reference
 from threed.render.output import RenderOut
 from threed.render.shading import Shading
 
 if TYPE_CHECKING:
     from threed.scene import Scene
-    from threed.stage import RunContext
 
 
 @dataclass
@@ -78,10 +77,6 @@ class ReferenceConfig:
     estimators). Disparity is compared with the render's 1 / depth."""
     shading: Shading = "albedo"
     """Shading of the reference render (albedo: the photo's colours become the albedo)."""
-    view_guidance: Zero123Config | None = None
-    """Magic123: Zero123-SDS on the stage's random views besides the stage's guidance; None = none."""
-    view_guidance_weight: float = 1.0
-    """Weight of ``view_guidance`` in the loss (the stage's ``loss.guidance`` weighs the other)."""
 
 
 def masked_mse(pred: Float[Tensor, "B H W C"], target: Float[Tensor, "B H W C"],
@@ -107,19 +102,12 @@ def scale_shift_mse(pred: Float[Tensor, "N"], target: Float[Tensor, "N"]) -> Flo
 class ReferenceLosses:
     """The reference-view piece of a stage: the framed photo, its camera, and the weighted losses each step."""
 
-    def __init__(self, cfg: ReferenceConfig, ctx: "RunContext"):
+    def __init__(self, cfg: ReferenceConfig, image: str | Path | None, device: torch.device,
+                 mask: str | Path | None = None, depth: str | Path | None = None):
+        """``image`` (and its optional ``mask`` and ``depth`` map) are the run's; the photo is framed by ``cfg.view``."""
         self.cfg = cfg
-        self.reference = load_reference(ctx.image, cfg.view, ctx.mask, ctx.depth).to(ctx.device)
-        self.camera = cfg.view.camera().to(ctx.device)
-        self.guidance = None
-        if cfg.view_guidance is not None:
-            from threed.guidance.factory import make_stage_guidance
-
-            self.guidance = make_stage_guidance(cfg.view_guidance, None, None, ctx, cfg.view)
-
-    def update(self, step: int, total_steps: int) -> None:
-        if self.guidance is not None:
-            self.guidance.update(step, total_steps)
+        self.reference = load_reference(image, cfg.view, mask, depth).to(device)
+        self.camera = cfg.view.camera().to(device)
 
     def render(self, scene: "Scene") -> RenderOut:
         """The scene from the reference camera (with gradient)."""
@@ -143,11 +131,8 @@ class ReferenceLosses:
                 terms["ref_depth"] = fn(pred, target)
         return terms
 
-    def __call__(self, scene: "Scene", step: int, out: RenderOut, cameras: Cameras) -> dict[str, Float[Tensor, ""]]:
-        """Weighted loss terms of this step: the reference render's, plus ``view_guidance`` on ``out``."""
+    def __call__(self, scene: "Scene", step: int) -> dict[str, Float[Tensor, ""]]:
+        """Weighted loss terms of this step, from a render of the reference camera."""
         cfg = self.cfg
         weights = {"ref_rgb": cfg.rgb(step), "ref_mask": cfg.mask(step), "ref_depth": cfg.depth(step)}
-        losses = {k: weights[k] * v for k, v in self.terms(self.render(scene)).items() if weights[k] > 0}
-        if self.guidance is not None and cfg.view_guidance_weight > 0:
-            losses["zero123"] = cfg.view_guidance_weight * self.guidance(out, cameras).loss
-        return losses
+        return {k: weights[k] * v for k, v in self.terms(self.render(scene)).items() if weights[k] > 0}

@@ -83,7 +83,7 @@ def _length_xz(p: Tensor) -> Tensor:
 def sdf_cube(p: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N"]:
     """Axis-aligned cube of half extent :data:`CUBE_HALF`."""
     q = p.abs() - CUBE_HALF
-    return q.clamp(min=0.0).norm(dim=-1) + q.max(dim=-1).values.clamp(max=0.0)
+    return q.clamp(min=0.0).norm(dim=-1) + q.amax(dim=-1).clamp(max=0.0)
 
 
 def sdf_sphere(p: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N"]:
@@ -94,7 +94,7 @@ def sdf_sphere(p: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N"]:
 def sdf_cylinder(p: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N"]:
     """Capped cylinder around the Y axis."""
     d = torch.stack([_length_xz(p) - CYLINDER_RADIUS, p[..., 1].abs() - CYLINDER_HALF_HEIGHT], dim=-1)
-    return d.max(dim=-1).values.clamp(max=0.0) + d.clamp(min=0.0).norm(dim=-1)
+    return d.amax(dim=-1).clamp(max=0.0) + d.clamp(min=0.0).norm(dim=-1)
 
 
 def sdf_cone(p: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N"]:
@@ -241,24 +241,30 @@ def sample_pyramid(n: int, generator: torch.Generator | None = None) -> tuple[Te
 
 @dataclass(frozen=True)
 class Primitive:
-    """One toy-world shape: exact SDF, area-uniform surface sampler, enclosed volume, a point inside."""
+    """One toy-world shape: exact SDF, area-uniform surface sampler, enclosed volume and surface area,
+    a point inside."""
 
     name: str
     sdf: SdfFn
     sample: Callable[..., tuple[Tensor, Tensor]]
     volume: float
+    area: float
     interior_point: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """The origin, except for the torus (whose hole holds the origin)."""
 
 
 PRIMITIVES: dict[str, Primitive] = {p.name: p for p in (
-    Primitive("cube", sdf_cube, sample_cube, (2 * CUBE_HALF) ** 3),
-    Primitive("sphere", sdf_sphere, sample_sphere, 4 / 3 * math.pi * SPHERE_RADIUS ** 3),
-    Primitive("cylinder", sdf_cylinder, sample_cylinder, math.pi * CYLINDER_RADIUS ** 2 * 2 * CYLINDER_HALF_HEIGHT),
-    Primitive("cone", sdf_cone, sample_cone, math.pi * CONE_RADIUS ** 2 * 2 * CONE_HALF_HEIGHT / 3),
+    Primitive("cube", sdf_cube, sample_cube, (2 * CUBE_HALF) ** 3, 6 * (2 * CUBE_HALF) ** 2),
+    Primitive("sphere", sdf_sphere, sample_sphere, 4 / 3 * math.pi * SPHERE_RADIUS ** 3,
+              4 * math.pi * SPHERE_RADIUS ** 2),
+    Primitive("cylinder", sdf_cylinder, sample_cylinder, math.pi * CYLINDER_RADIUS ** 2 * 2 * CYLINDER_HALF_HEIGHT,
+              2 * math.pi * CYLINDER_RADIUS * (CYLINDER_RADIUS + 2 * CYLINDER_HALF_HEIGHT)),
+    Primitive("cone", sdf_cone, sample_cone, math.pi * CONE_RADIUS ** 2 * 2 * CONE_HALF_HEIGHT / 3,
+              math.pi * CONE_RADIUS * (CONE_RADIUS + math.hypot(CONE_RADIUS, 2 * CONE_HALF_HEIGHT))),
     Primitive("torus", sdf_torus, sample_torus, 2 * math.pi ** 2 * TORUS_MAJOR * TORUS_MINOR ** 2,
-              (TORUS_MAJOR, 0.0, 0.0)),
-    Primitive("pyramid", sdf_pyramid, sample_pyramid, (2 * PYRAMID_HALF_BASE) ** 2 * PYRAMID_HEIGHT / 3),
+              4 * math.pi ** 2 * TORUS_MAJOR * TORUS_MINOR, (TORUS_MAJOR, 0.0, 0.0)),
+    Primitive("pyramid", sdf_pyramid, sample_pyramid, (2 * PYRAMID_HALF_BASE) ** 2 * PYRAMID_HEIGHT / 3,
+              (2 * PYRAMID_HALF_BASE) ** 2 + 4 * PYRAMID_HALF_BASE * math.hypot(PYRAMID_HEIGHT, PYRAMID_HALF_BASE)),
 )}
 SHAPES: tuple[str, ...] = tuple(PRIMITIVES)
 """Shape words, in a fixed order."""
@@ -322,6 +328,17 @@ class SceneObject:
         local = (p - p.new_tensor(self.offset)) / self.scale
         return PRIMITIVES[self.shape].sdf(local) * self.scale
 
+    @property
+    def area(self) -> float:
+        """Surface area in scene units."""
+        return PRIMITIVES[self.shape].area * self.scale ** 2
+
+    def sample_surface(self, n: int, generator: torch.Generator | None = None
+                       ) -> tuple[Float[Tensor, "N 3"], Float[Tensor, "N 3"]]:
+        """``n`` area-uniform points on the placed object's surface, and their outward unit normals."""
+        points, normals = PRIMITIVES[self.shape].sample(n, generator)
+        return points * self.scale + points.new_tensor(self.offset), normals
+
     def albedo(self, normal: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
         base = normal.new_tensor(COLOURS[self.colour]).expand(normal.shape[0], 3)
         if self.front_colour is None:
@@ -350,17 +367,34 @@ class Scene:
     def caption(self) -> str:
         return " and ".join(o.phrase() for o in self.objects)
 
+    def uncoloured(self) -> "Scene":
+        """The same shapes in the same places, all white: a key for what depends on geometry alone."""
+        return Scene(tuple(SceneObject(o.shape, "white", None, o.offset, o.scale) for o in self.objects))
+
     @property
     def radius(self) -> float:
         """Radius of a sphere at the origin that holds the whole scene."""
         return max(math.sqrt(sum(c * c for c in o.offset)) + 0.7 * o.scale for o in self.objects)
+
+    def sample_surface(self, n: int, generator: torch.Generator | None = None
+                       ) -> tuple[Float[Tensor, "N 3"], Float[Tensor, "N 3"], Tensor]:
+        """``n`` area-uniform points on the whole scene's surface (each object gets its share of the area),
+        their outward unit normals, and the index of the object each lies on."""
+        which = _by_area([o.area for o in self.objects], n, generator)
+        points, normals = torch.zeros(n, 3), torch.zeros(n, 3)
+        for k, obj in enumerate(self.objects):
+            sel = which == k
+            points[sel], normals[sel] = obj.sample_surface(int(sel.sum()), generator)
+        return points, normals, which
 
     def object_sdfs(self, p: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N K"]:
         return torch.stack([o.sdf(p) for o in self.objects], dim=-1)
 
     def sdf(self, p: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N"]:
         """Exact SDF outside (union of exact SDFs); a bound inside where two objects overlap."""
-        return self.object_sdfs(p).min(dim=-1).values
+        if len(self.objects) == 1:  # torch's min over a dimension of size 1 costs as much as the SDF itself
+            return self.objects[0].sdf(p)
+        return self.object_sdfs(p).amin(dim=-1)
 
     def albedo(self, p: Float[Tensor, "N 3"], normal: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
         """Albedo of surface points (each takes the colour of the nearest object)."""

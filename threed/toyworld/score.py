@@ -1,28 +1,17 @@
-"""Objective scores of a generated toy-world asset: colour right, shape right, one object, one front.
+"""Objective scores of a toy-world asset: how close to the truth, and colour, shape, pieces, front right.
 
-This is the only place generated assets meet the ground truth of :mod:`threed.toyworld.scenes`, and
-only to be scored; generation never reads it. :func:`score_mesh` measures an exported mesh against
-what its prompt describes (``"a red cube"``, ``"a blue cube with a yellow front"``):
+Generated assets meet the ground truth of :mod:`threed.toyworld.scenes` only here (and in the ladder's
+tools), and only to be scored; generation never reads it. :func:`score_mesh` measures an exported mesh
+against what its prompt describes (``"a red cube"``, ``"a blue cube with a yellow front"``; two-object
+prompts go to :func:`score_pair`):
 
-* **Colour.** The area-weighted per-channel median of the face colours (a face's colour is the mean of
-  its vertex colours) is the measured RGB; it names the nearest of :data:`~threed.toyworld.scenes.COLOURS`.
-  The median rather than the mean, so that a painted front (1/6 of a cube) or a few wrongly coloured
-  patches do not drag the estimate. Colours are compared on a *hue disc* built from Oklab (Ottosson,
-  2020), treating the stored values as sRGB-encoded (they are the pixel values the toy prior was trained
-  on: its renders put albedo straight into the image, and the exporter stores the field's albedo
-  unchanged): the angle is Oklab hue, the radius is chroma divided by :data:`SATURATED_CHROMA` and capped
-  at 1, and lightness is left out. The six chromatic words sit on the rim (their chroma is 0.18 to 0.23),
-  white at the centre, so a colour is named by its hue unless its chroma is under half of
-  :data:`SATURATED_CHROMA`, when it is neutral; a neutral darker than mid grey is named ``"grey"``, which
-  is no toy-world colour. Why not a plain distance: shading baked into the albedo darkens it and an
-  under-trained field washes it out, both moving lightness and chroma but hardly hue. With Euclidean
-  distance in RGB, CIELAB or Oklab (even with lightness down-weighted), every desaturated colour drifts
-  to white: a 60-step run exported a steel blue (85, 129, 169) that those call white, and RGB calls a
-  75%-dark yellow orange. On the hue disc each chromatic word survives darkening to 20% (sRGB scaled),
-  mixing with 70% white, or with 75% grey of its own mean.
-* **Shape.** Area-uniform surface samples of the mesh and of each primitive (its own sampler, not a
-  mesh of it) are centred on their centroid and scaled to unit RMS radius, with no rotation (objects are
-  upright and face +Z by convention). The symmetric Chamfer distance (mean nearest-neighbour Euclidean
+* **Fidelity.** F-scores, Chamfer-L1 and height/width against the exact primitive after the best
+  similarity alignment (:mod:`threed.toyworld.fidelity`).
+* **Colour.** The area-weighted per-channel median of the face colours, named on a hue disc and
+  compared with the true albedo by CIEDE2000 (:mod:`threed.toyworld.colour`).
+* **Shape** (nearest class). Area-uniform surface samples of the mesh and of each primitive (its own
+  sampler, not a mesh of it) are centred on their centroid and scaled to unit RMS radius, with no
+  rotation (objects are upright and face +Z by convention). The symmetric Chamfer distance (mean nearest-neighbour Euclidean
   distance each way, summed) to each of the six primitives picks the predicted shape.
   Two independent samplings of one surface are themselves about 0.05 apart at the default 8192
   points: that is the floor every distance shares.
@@ -32,6 +21,10 @@ what its prompt describes (``"a red cube"``, ``"a blue cube with a yellow front"
   within 45 degrees of it (the toy world's own front rule, :data:`~threed.toyworld.scenes.FRONT_COS`)
   name a colour as above. For ``"... with a <c2> front"`` prompts, the number of sides showing ``c2`` is
   the Janus count: 1 is right, more is a multi-faced object (Poole et al., DreamFusion, 2022, sec. 3.2).
+  :func:`front_shares` measures instead the share of each side's area in the front colour, and
+  :func:`front_verdict` calls the front right when +Z mostly shows it and no other side does.
+* **Two objects.** The two largest pieces, in X order (the first-named object sits at -X), are each
+  scored against their object; the whole mesh's fidelity is against the whole scene.
 
 Every score is deterministic for a given ``seed`` and JSON-serialisable.
 """
@@ -39,6 +32,7 @@ Every score is deterministic for a given ``seed`` and JSON-serialisable.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from pathlib import Path
 
@@ -50,91 +44,21 @@ import yaml
 from scipy.spatial import cKDTree
 
 from threed.errors import ThreedError
-from threed.toyworld.scenes import COLOURS, FRONT_COS, SHAPES, Scene, parse_prompt, sample_surface
+from threed.run import ExportDir, RunLayout
+from threed.toyworld.colour import (colour_distances, delta_e, face_colours, hue_disc, name_colour,
+                                    weighted_median)
+from threed.toyworld.fidelity import N_POINTS, geometry_fidelity
+from threed.toyworld.scenes import COLOURS, FRONT_COS, SHAPES, Scene, SceneObject, parse_prompt, sample_surface
 
 SIDES: dict[str, tuple[float, float, float]] = {
     "+Z": (0.0, 0.0, 1.0), "-Z": (0.0, 0.0, -1.0), "+X": (1.0, 0.0, 0.0), "-X": (-1.0, 0.0, 0.0)}
 """The four side directions the Janus check looks from (+Z is the front)."""
 
-SATURATED_CHROMA = 0.1
-"""Oklab chroma from which a colour counts as fully saturated on the hue disc (neutral below half of it)."""
-
-GREY_LIGHTNESS = 0.6
-"""Neutral colours with Oklab lightness under this (about sRGB mid grey, 0.5) are ``"grey"``, not white."""
-
 MIN_COMPONENT_FRACTION = 0.01
 """A connected piece counts as an object when it has at least this fraction of the mesh's faces."""
 
-EXPORT_NAMES = ("model.ply", "model.glb", "model.obj")
-"""Files :func:`score_run` looks for in ``run_dir/export``, in order."""
-
-
-_OKLAB_M1 = np.array([[0.4122214708, 0.5363325363, 0.0514459929],
-                      [0.2119034982, 0.6806995451, 0.1073969566],
-                      [0.0883024619, 0.2817188376, 0.6299787005]])
-_OKLAB_M2 = np.array([[0.2104542553, 0.7936177850, -0.0040720468],
-                      [1.9779984951, -2.4285922050, 0.4505937099],
-                      [0.0259040371, 0.7827717662, -0.8086757660]])
-
-
-def srgb_to_oklab(rgb: np.ndarray) -> np.ndarray:
-    """Oklab (Ottosson, 2020) of sRGB-encoded colours ``... x 3`` in [0, 1]: ``L`` in [0, 1], then ``a``, ``b``."""
-    rgb = np.clip(np.asarray(rgb, dtype=np.float64), 0.0, 1.0)
-    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    lms = np.cbrt(linear @ _OKLAB_M1.T)
-    return lms @ _OKLAB_M2.T
-
-
-def hue_disc(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hue-disc points ``... x 2`` (Oklab hue as angle, chroma / SATURATED_CHROMA capped at 1 as radius) and
-    Oklab lightness ``...`` of sRGB colours ``... x 3`` in [0, 1]."""
-    lab = srgb_to_oklab(rgb)
-    chroma = np.linalg.norm(lab[..., 1:], axis=-1, keepdims=True)
-    radius = np.minimum(chroma / SATURATED_CHROMA, 1.0)
-    return lab[..., 1:] / np.maximum(chroma, 1e-12) * radius, lab[..., 0]
-
-
-_NAMES = tuple(COLOURS)
-_NAMED_DISC = hue_disc(np.array([COLOURS[n] for n in _NAMES]))[0]
-
-
-def colour_distances(rgb: np.ndarray) -> dict[str, float]:
-    """Hue-disc distance (0 to 2) of one sRGB colour (3,) in [0, 1] to every named colour."""
-    point, _ = hue_disc(rgb)
-    return {n: float(d) for n, d in zip(_NAMES, np.linalg.norm(_NAMED_DISC - point, axis=-1))}
-
-
-def name_colour(rgb: np.ndarray, distances: dict[str, float] | None = None) -> str:
-    """The colour word of an sRGB colour (3,) in [0, 1]: the nearest on the hue disc, or ``"grey"`` (see above)."""
-    distances = colour_distances(rgb) if distances is None else distances
-    name = min(distances, key=distances.get)
-    is_neutral = np.linalg.norm(_NAMED_DISC[_NAMES.index(name)]) < 0.5
-    return "grey" if is_neutral and hue_disc(rgb)[1] < GREY_LIGHTNESS else name
-
-
-def face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
-    """``F x 3`` face colours in [0, 1]: the mean of each face's vertex colours (or the face colours)."""
-    visual = mesh.visual
-    if isinstance(visual, trimesh.visual.TextureVisuals):
-        visual = visual.to_color()
-    kind = getattr(visual, "kind", None)
-    if kind == "vertex":
-        return np.asarray(visual.vertex_colors, dtype=np.float64)[:, :3][mesh.faces].mean(axis=1) / 255.0
-    if kind == "face":
-        return np.asarray(visual.face_colors, dtype=np.float64)[:, :3] / 255.0
-    raise ThreedError("the mesh has no vertex or face colours to score; export it with threed (which stores the "
-                      "field's albedo as vertex colours) or give a coloured mesh")
-
-
-def weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Per-column weighted median of ``N x C`` values with ``N`` non-negative weights; returns ``C``."""
-    out = np.empty(values.shape[1])
-    cum_total = weights.sum()
-    for c in range(values.shape[1]):
-        order = np.argsort(values[:, c], kind="stable")
-        cum = np.cumsum(weights[order])
-        out[c] = values[order[np.searchsorted(cum, 0.5 * cum_total)], c]
-    return out
+EXPORT_FORMATS = ("ply", "glb", "obj")
+"""The exported meshes :func:`score_run` looks for in a run's export (``model.ply``, ...), in order."""
 
 
 def _colour_entry(colours: np.ndarray, areas: np.ndarray) -> dict:
@@ -176,14 +100,28 @@ def janus_count(sides: dict[str, dict | None], front_colour: str) -> int:
     return sum(1 for entry in sides.values() if entry is not None and entry["name"] == front_colour)
 
 
+def piece_labels(mesh: trimesh.Trimesh) -> np.ndarray:
+    """The connected piece (shared edges) each face belongs to."""
+    return trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+
+
 def components(mesh: trimesh.Trimesh, min_fraction: float = MIN_COMPONENT_FRACTION) -> dict:
     """Connected pieces of a mesh: how many hold ``min_fraction`` of the faces, and the largest one's area share."""
-    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    labels = piece_labels(mesh)
     faces_per = np.bincount(labels)
     area_per = np.bincount(labels, weights=mesh.area_faces)
     return {"n_components": int((faces_per >= min_fraction * len(mesh.faces)).sum()),
             "n_pieces": int(len(faces_per)),
             "largest_area_fraction": round(float(area_per.max() / area_per.sum()), 4)}
+
+
+def object_pieces(mesh: trimesh.Trimesh, min_fraction: float = MIN_COMPONENT_FRACTION) -> list[trimesh.Trimesh]:
+    """The pieces that count as objects (at least ``min_fraction`` of the faces), largest area first."""
+    labels = piece_labels(mesh)
+    faces_per = np.bincount(labels)
+    area_per = np.bincount(labels, weights=mesh.area_faces)
+    keep = [k for k in np.argsort(-area_per, kind="stable") if faces_per[k] >= min_fraction * len(mesh.faces)]
+    return [mesh.submesh([np.nonzero(labels == k)[0]], append=True) for k in keep]
 
 
 def normalise(points: np.ndarray) -> np.ndarray:
@@ -217,66 +155,155 @@ def shape_distances(mesh: trimesh.Trimesh, n_points: int = 8192, seed: int = 0) 
     return {s: chamfer(points, reference_points(s, n_points, seed)) for s in SHAPES}
 
 
-def _single_object(prompt: str) -> Scene:
-    scene = parse_prompt(prompt)
-    if len(scene.objects) != 1:
-        raise ThreedError(f"scoring handles one-object prompts ('a red cube', 'a blue cube with a yellow front'); "
-                          f"{prompt!r} names {len(scene.objects)} objects")
-    return scene
-
-
 def _margin(distances: dict[str, float], expected: str) -> float:
     """Distance to the nearest wrong answer minus distance to the right one (> 0 iff right)."""
     return float(min(d for k, d in distances.items() if k != expected) - distances[expected])
 
 
-def score_mesh(mesh: trimesh.Trimesh, prompt: str, n_points: int = 8192, seed: int = 0) -> dict:
-    """Score a coloured mesh against a one-object toy-world prompt.
+def front_shares(mesh: trimesh.Trimesh, colour: str, front_colour: str, colours: np.ndarray | None = None
+                 ) -> dict[str, float | None]:
+    """Per side (+Z, -Z, +X, -X): the share of the area facing it (outward normal within 45 degrees) whose
+    colour is nearer, on the hue disc, to ``front_colour`` than to the body ``colour``; None where no face
+    faces that way."""
+    colours = face_colours(mesh) if colours is None else colours
+    disc = hue_disc(colours)[0]
+    to_front = np.linalg.norm(disc - hue_disc(np.array(COLOURS[front_colour]))[0], axis=-1)
+    to_body = np.linalg.norm(disc - hue_disc(np.array(COLOURS[colour]))[0], axis=-1)
+    is_front, areas = to_front < to_body, mesh.area_faces
+    out: dict[str, float | None] = {}
+    for side, direction in SIDES.items():
+        sel = mesh.face_normals @ np.array(direction) > FRONT_COS
+        total = areas[sel].sum()
+        out[side] = round(float(areas[sel & is_front].sum() / total), 4) if total > 0 else None
+    return out
+
+
+FRONT_SHARE_MIN = 0.6
+"""A front is right when at least this share of the +Z side shows the front colour: "mostly", with room for
+the colour bleeding over a rounded edge (a 32-pixel prior paints edges blurred) ..."""
+OTHER_SHARE_MAX = 0.2
+"""... and no other side shows it on more than this share: a bled stripe passes, a second painted face
+(share near 1) or half of one does not."""
+
+
+def front_verdict(shares: dict[str, float | None]) -> bool:
+    """Right front: +Z mostly the front colour, every other side not (:data:`FRONT_SHARE_MIN`,
+    :data:`OTHER_SHARE_MAX`)."""
+    others = [v for k, v in shares.items() if k != "+Z" and v is not None]
+    return shares["+Z"] is not None and shares["+Z"] >= FRONT_SHARE_MIN and all(v <= OTHER_SHARE_MAX for v in others)
+
+
+def score_object(mesh: trimesh.Trimesh, obj: SceneObject, n_points: int = 8192, seed: int = 0,
+                 fidelity_points: int = N_POINTS, colours: np.ndarray | None = None) -> dict:
+    """Colour, nearest shape and geometric fidelity of an outward-oriented coloured mesh against one toy object
+    (its shape and colours; placement is the alignment's business)."""
+    colours = face_colours(mesh) if colours is None else colours
+    colour = _colour_entry(colours, mesh.area_faces)
+    colour.update(margin=_margin(colour["distances"], obj.colour), correct=colour["name"] == obj.colour,
+                  delta_e=round(float(delta_e(np.array(colour["rgb"]), np.array(COLOURS[obj.colour]))), 3))
+    dist = shape_distances(mesh, n_points, seed)
+    name = min(dist, key=dist.get)
+    shape = {"name": name, "distances": dist, "margin": _margin(dist, obj.shape), "correct": name == obj.shape}
+    truth = Scene.single(obj.shape, obj.colour, obj.front_colour)
+    pieces = object_pieces(mesh)
+    fidelity = geometry_fidelity(mesh, truth, fidelity_points, seed,
+                                 pieces=trimesh.util.concatenate(pieces) if pieces else mesh)
+    return {"expected": {"shape": obj.shape, "colour": obj.colour, "front_colour": obj.front_colour},
+            "colour": colour, "shape": shape, "fidelity": fidelity, "correct": colour["correct"] and shape["correct"]}
+
+
+def _prepared(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    if len(mesh.faces) == 0:
+        raise ThreedError("the mesh has no faces: there is nothing to score")
+    return _oriented(mesh)
+
+
+def score_mesh(mesh: trimesh.Trimesh, prompt: str, n_points: int = 8192, seed: int = 0,
+               fidelity_points: int = N_POINTS) -> dict:
+    """Score a coloured mesh against a toy-world prompt; two-object prompts go to :func:`score_pair`.
 
     Returns a JSON-serialisable dict:
 
     * ``expected``: ``{"shape", "colour", "front_colour"}`` read from the prompt;
     * ``colour``: ``rgb`` (area-weighted median, sRGB in [0, 1]), ``name``, ``distances`` to every named
       colour (hue disc), ``margin`` (nearest wrong minus right; > 0 when right, except a dark neutral,
-      named ``"grey"``, for a white prompt), ``correct``;
+      named ``"grey"``, for a white prompt), ``correct``, ``delta_e`` (CIEDE2000 to the true albedo);
     * ``shape``: ``name`` (argmin), ``distances`` (Chamfer, in units of RMS radius), ``margin``, ``correct``;
+    * ``fidelity``: :func:`threed.toyworld.fidelity.geometry_fidelity` against the exact primitive;
     * ``components``: ``n_components`` (pieces with >= 1% of faces), ``n_pieces``, ``largest_area_fraction``,
       ``single_object``;
     * ``sides``: per direction (``+Z``, ``-Z``, ``+X``, ``-X``) the colour facing it; ``sides_with_colour``:
       how many show the prompt's body colour; for front prompts ``janus_count`` (sides showing the front
-      colour, 1 is right) and ``front_correct`` (+Z shows it);
+      colour, 1 is right), ``front_correct`` (+Z shows it), ``front_shares`` (:func:`front_shares`) and
+      ``front_right`` (:func:`front_verdict`);
     * ``correct``: colour and shape both right.
     """
-    obj = _single_object(prompt).objects[0]
-    if len(mesh.faces) == 0:
-        raise ThreedError("the mesh has no faces: there is nothing to score")
-    mesh = _oriented(mesh)
+    scene = parse_prompt(prompt)
+    if len(scene.objects) == 2:
+        return score_pair(mesh, prompt, n_points, seed, fidelity_points)
+    obj = scene.objects[0]
+    mesh = _prepared(mesh)
     colours = face_colours(mesh)
-    colour = _colour_entry(colours, mesh.area_faces)
-    colour.update(margin=_margin(colour["distances"], obj.colour), correct=colour["name"] == obj.colour)
-    dist = shape_distances(mesh, n_points, seed)
-    name = min(dist, key=dist.get)
-    shape = {"name": name, "distances": dist, "margin": _margin(dist, obj.shape), "correct": name == obj.shape}
+    result = score_object(mesh, obj, n_points, seed, fidelity_points, colours)
     parts = components(mesh)
     parts["single_object"] = parts["n_components"] == 1
     sides = side_colours(mesh, colours)
-    result = {"expected": {"shape": obj.shape, "colour": obj.colour, "front_colour": obj.front_colour},
-              "colour": colour, "shape": shape, "components": parts, "sides": sides,
-              "sides_with_colour": janus_count(sides, obj.colour),
-              "correct": colour["correct"] and shape["correct"]}
+    result.update(components=parts, sides=sides, sides_with_colour=janus_count(sides, obj.colour))
     if obj.front_colour is not None:
-        result["janus_count"] = janus_count(sides, obj.front_colour)
-        result["front_correct"] = sides["+Z"] is not None and sides["+Z"]["name"] == obj.front_colour
+        shares = front_shares(mesh, obj.colour, obj.front_colour, colours)
+        result.update(janus_count=janus_count(sides, obj.front_colour),
+                      front_correct=sides["+Z"] is not None and sides["+Z"]["name"] == obj.front_colour,
+                      front_shares=shares, front_right=front_verdict(shares))
     return result
+
+
+def score_pair(mesh: trimesh.Trimesh, prompt: str, n_points: int = 8192, seed: int = 0,
+               fidelity_points: int = N_POINTS) -> dict:
+    """Score a mesh against a two-object prompt (``"a red cube and a blue sphere"``, the first-named at -X).
+
+    The two largest pieces are the objects, ordered by the X of their centroids; each is scored by
+    :func:`score_object` against the object of its side. Returns ``objects`` (one entry per named object,
+    None where the mesh has too few pieces), ``swapped`` (both pieces would be right on the other side),
+    ``fidelity`` of the whole mesh against the whole scene (layout and relative size included),
+    ``components`` and ``correct`` (two pieces, each the right shape and colour on the right side).
+    """
+    scene = parse_prompt(prompt)
+    if len(scene.objects) != 2:
+        raise ThreedError(f"{prompt!r} names {len(scene.objects)} object(s); score_pair wants two, e.g. "
+                          "'a red cube and a blue sphere'")
+    mesh = _prepared(mesh)
+    parts = components(mesh)
+    pieces = sorted(object_pieces(mesh)[:2], key=lambda m: float(m.area_faces @ m.triangles_center[:, 0]))
+    objects: list[dict | None] = [None, None]
+    swapped = False
+    if len(pieces) == 2:
+        objects = [score_object(piece, obj, n_points, seed, fidelity_points)
+                   for piece, obj in zip(pieces, scene.objects)]
+        crossed = [(p, o) for p, o in zip(pieces, reversed(scene.objects))]
+        swapped = not all(e["correct"] for e in objects) and all(
+            _names_match(p, o, n_points, seed) for p, o in crossed)
+    parts["two_objects"] = parts["n_components"] == 2
+    return {"expected": [{"shape": o.shape, "colour": o.colour, "front_colour": o.front_colour} for o in scene.objects],
+            "objects": objects, "swapped": swapped, "components": parts,
+            "fidelity": geometry_fidelity(mesh, scene, fidelity_points, seed),
+            "correct": parts["two_objects"] and all(e is not None and e["correct"] for e in objects)}
+
+
+def _names_match(piece: trimesh.Trimesh, obj: SceneObject, n_points: int, seed: int) -> bool:
+    """Whether a piece shows ``obj``'s colour and nearest shape (no fidelity: the swap check only names)."""
+    dist = shape_distances(piece, n_points, seed)
+    colour = _colour_entry(face_colours(piece), piece.area_faces)
+    return min(dist, key=dist.get) == obj.shape and colour["name"] == obj.colour
 
 
 def export_mesh_path(run_dir: str | Path) -> Path:
     """The exported mesh of a run: ``export/model.ply``, else ``.glb``, else ``.obj``."""
-    export = Path(run_dir) / "export"
-    for name in EXPORT_NAMES:
-        if (export / name).is_file():
-            return export / name
-    raise ThreedError(f"no exported mesh in {export} (looked for {', '.join(EXPORT_NAMES)}); finish the run "
+    export = RunLayout(Path(run_dir)).export
+    for fmt in EXPORT_FORMATS:
+        if export.model(fmt).is_file():
+            return export.model(fmt)
+    looked = ", ".join(export.model(fmt).name for fmt in EXPORT_FORMATS)
+    raise ThreedError(f"no exported mesh in {export.root} (looked for {looked}); finish the run "
                       f"with `threed generate --resume {run_dir}` or export it with `threed export {run_dir}`")
 
 
@@ -290,25 +317,40 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
 
 def score_run(run_dir: str | Path, prompt: str | None = None, n_points: int = 8192, seed: int = 0) -> dict:
     """:func:`score_mesh` of a run's exported mesh; the prompt defaults to the one in ``run_dir/config.yaml``."""
-    run_dir = Path(run_dir)
+    layout = RunLayout(Path(run_dir))
     if prompt is None:
-        config = run_dir / "config.yaml"
+        config = layout.config
         if not config.is_file():
             raise ThreedError(f"{run_dir} has no config.yaml to read the prompt from; pass the prompt")
         prompt = str((yaml.safe_load(config.read_text()) or {}).get("prompt", ""))
     path = export_mesh_path(run_dir)
     result = score_mesh(load_mesh(path), prompt, n_points, seed)
-    return {"prompt": prompt, "mesh": str(path), **result}
+    return {"prompt": prompt, "mesh": str(path), **result, "export": export_report(layout.export, result)}
+
+
+def export_report(export: ExportDir, result: dict) -> dict:
+    """From ``export.json``: the asset-vs-field PSNR (fog shows as a low PSNR: the field's haze is no part of the
+    surface) and, with the export transform, the field's size against the truth's (1 = right size)."""
+    path = export.report
+    if not path.is_file():
+        return {}
+    info = json.loads(path.read_text())
+    report = {"mean_psnr": (info.get("views") or {}).get("mean_psnr")}
+    scale = (info.get("transform") or {}).get("scale")
+    fidelity = result.get("fidelity")
+    if scale and fidelity:
+        report["field_size"] = round(1.0 / (fidelity["alignment"]["scale"] * scale), 4)
+    return report
 
 
 def reference_mesh(prompt: str, resolution: int = 64) -> trimesh.Trimesh:
-    """The ground truth of a one-object prompt as a vertex-coloured mesh: marching cubes of its exact SDF.
+    """The ground truth of a prompt as a vertex-coloured mesh: marching cubes of its exact SDF.
 
     What a perfect generation would export (up to grid resolution), so its scores calibrate the measure:
     the Chamfer floor, the colour distances of exact albedo.
     """
-    scene = _single_object(prompt)
-    half = 0.8  # every object fits the sphere of radius 0.7
+    scene = parse_prompt(prompt)
+    half = scene.radius + 0.1
     axis = torch.linspace(-half, half, resolution, dtype=torch.float64)
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
     sdf = scene.sdf(grid.reshape(-1, 3)).reshape(grid.shape[:3]).numpy()

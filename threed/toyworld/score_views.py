@@ -1,6 +1,13 @@
-"""Score an image-to-3D reconstruction of a toy-world photo against the scene's other sides.
+"""Scores from rendered views: a run's field against the truth, and an image-to-3D reconstruction of a toy
+photo against the scene's other sides.
 
-The reconstruction is rendered from the reference camera's orbit (its elevation and distance) at
+:func:`field_agreement` renders the last checkpoint's scene (the field itself, before any export) and the
+truth from the export's contact-sheet cameras, in albedo over white: the silhouette IoU (opacity > 0.5)
+and the PSNR of the frames. Beside the exported mesh's F-scores it says where fidelity went: a field that
+matches the truth while its mesh does not lost it in the export (isosurface level, floaters removed);
+fog around the field shows as a low PSNR with a high IoU.
+
+For image-to-3D, the reconstruction is rendered from the reference camera's orbit (its elevation and distance) at
 several azimuths; the ground truth is sphere-traced from the same directions. Image-to-3D framed the
 photo to a fixed fill ratio (:mod:`threed.reference.image`), which scales the object by
 ``s = fill_ratio / natural fill``; scaling a scene by ``s`` about the origin looks exactly like
@@ -21,10 +28,33 @@ import torch
 from threed.cameras import Cameras
 from threed.reference.image import ReferenceViewConfig
 from threed.render.output import RenderOut
+from threed.toyworld.colour import name_colour
 from threed.toyworld.raycast import render
 from threed.toyworld.scenes import parse_prompt
-from threed.toyworld.score import name_colour
 from threed.toyworld.train_card import reference_view
+
+
+@torch.no_grad()
+def field_agreement(run_dir: str | Path, prompt: str, views: int = 8, resolution: int = 64) -> dict:
+    """Silhouette IoU and PSNR of a run's last field against the truth of ``prompt`` (see the module docstring)."""
+    from threed.export.views import psnr, view_cameras
+    from threed.recipe import last_checkpoint, load_run_config, resolve_device
+    from threed.scene import Scene
+
+    cfg = load_run_config(Path(run_dir))
+    device = resolve_device(cfg.device)
+    scene = Scene.from_checkpoint(last_checkpoint(Path(run_dir), cfg), device)
+    cams = view_cameras(views, resolution, scene.radius)
+    out = scene.render_eval(cams.to(device), "albedo")
+    alpha = out.opacity.cpu()
+    background = scene.background(cams.rays()[1].to(device), training=False).cpu()
+    field = out.rgb.cpu() - (1.0 - alpha) * background + (1.0 - alpha)  # the same field over white
+    truth = render(parse_prompt(prompt), cams, "albedo", (1.0, 1.0, 1.0))
+    ious = []
+    for k in range(views):
+        a, b = alpha[k, ..., 0] > 0.5, truth.opacity[k, ..., 0] > 0.5
+        ious.append(float((a & b).sum()) / max(1, int((a | b).sum())))
+    return {"iou": round(float(np.mean(ious)), 4), "psnr": round(psnr(field.clamp(0, 1), truth.rgb), 2)}
 
 
 def example_name(caption: str, elevation: float = 0.0) -> str:

@@ -1,8 +1,14 @@
-"""Prompt processing: view-dependent text conditioning for each training camera.
+"""Text conditioning: prompts -> embeddings (vocabulary checks, cache), and the view-dependent prompt per camera.
 
-DreamFusion (Poole et al. 2022, sec. 3.2) appends "front view", "side view", "back view" or
-"overhead view" to the prompt according to the camera's azimuth and elevation, so the 2D prior
-is asked for the view the camera actually sees and the object does not grow a face on every side.
+:class:`TextEncoder` is the text side of a prior: every prompt is checked against the tokenizers'
+vocabularies first (a word a tokenizer can only map to its unknown token is an error that names it),
+then encoded once and kept in an :class:`~threed.guidance.cache.EmbeddingCache`. The empty prompt is
+allowed: it is the unconditional prompt of classifier-free guidance.
+
+:class:`PromptProcessor` is the text :class:`~threed.guidance.conditioning.Conditioner`. DreamFusion
+(Poole et al. 2022, sec. 3.2) appends "front view", "side view", "back view" or "overhead view" to the
+prompt according to the camera's azimuth and elevation, so the 2D prior is asked for the view the
+camera actually sees and the object does not grow a face on every side.
 
 Two refinements from Perp-Neg (Armandpour et al. 2023, sec. 5), each switchable per recipe:
 
@@ -10,13 +16,16 @@ Two refinements from Perp-Neg (Armandpour et al. 2023, sec. 5), each switchable 
   front prompt (0 deg) to the side prompt (90 deg) to the back prompt (180 deg), instead of jumping
   between labels.
 * ``perp_neg``: every camera also gets two negative prompts - the views it should *not* look like -
-  whose weights grow with the camera's angular distance from them; :meth:`DiffusionPrior.guide`
-  removes only their component perpendicular to the positive direction.
+  whose weights grow with the camera's angular distance from them; :meth:`Denoiser.guide
+  <threed.guidance.core.Denoiser.guide>` removes only their component perpendicular to the positive
+  direction.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -24,9 +33,85 @@ from torch import Tensor
 
 from threed.cameras import Cameras, ViewLabel
 from threed.errors import ThreedError
-from threed.guidance.prior import DiffusionPrior
+from threed.guidance.cache import EmbeddingCache
+from threed.guidance.conditioning import Conditioning
 
 VIEW_LABELS: tuple[ViewLabel, ...] = ("front", "side", "back", "overhead")
+
+MAX_TEXT_TOKENS = 77
+"""Both CLIP (SD) and IF's T5 were trained on 77-token prompts."""
+
+
+def token_limit(tokenizer: Any, encoder: Any, longest: int = MAX_TEXT_TOKENS) -> int:
+    """The prompt length an encoder was trained on: ``longest``, capped by the tokenizer and position table."""
+    return int(min(longest, getattr(tokenizer, "model_max_length", longest),
+                   getattr(getattr(encoder, "config", None), "max_position_embeddings", longest)))
+
+
+class TextEncoder:
+    """Mixin: the text side of a prior. Subclasses set :attr:`text_cache` and give :attr:`tokenizers` and
+    :meth:`_embed`; they read ``name``, ``device`` and ``dtype`` from the prior."""
+
+    text_cache: EmbeddingCache
+
+    @property
+    def tokenizers(self) -> list[Any]:
+        """Every tokenizer a prompt goes through (each is checked for unknown words)."""
+        raise NotImplementedError
+
+    def _embed(self, prompts: list[str]) -> Float[Tensor, "B L D"]:
+        """The encoder's embedding of each (checked) prompt, without the cache."""
+        raise NotImplementedError
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of ``prompt`` that a tokenizer can only map to its unknown token."""
+        words = [(m.start(), m.end()) for m in re.finditer(r"[^\s,.;:!?]+", prompt)]  # "dragon," names "dragon"
+        found: list[str] = []
+        for tokenizer in self.tokenizers:
+            unk = getattr(tokenizer, "unk_token_id", None)
+            if unk is None:
+                continue
+            try:
+                enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+                spans = [s for i, s in zip(enc["input_ids"], enc["offset_mapping"]) if i == unk]
+            except NotImplementedError:  # a slow tokenizer: no offsets, test word by word
+                spans = [(a, b) for a, b in words if unk in tokenizer(prompt[a:b], add_special_tokens=False)["input_ids"]]
+            for start, end in spans:
+                word = next((prompt[a:b] for a, b in words if a <= start < b), prompt[start:end])
+                if word not in found:
+                    found.append(word)
+        return found
+
+    def _vocabulary_hint(self) -> str:
+        for tokenizer in self.tokenizers:
+            backend = getattr(tokenizer, "backend_tokenizer", None)
+            if backend is not None and type(backend.model).__name__ == "WordLevel" and len(tokenizer) < 2000:
+                special = set(tokenizer.all_special_tokens)
+                return f"; it knows: {', '.join(sorted(w for w in tokenizer.get_vocab() if w not in special))}"
+        return ""
+
+    def check_prompt(self, prompt: str) -> None:
+        """Raise :class:`ThreedError` naming the words this prior's tokenizers do not know."""
+        unknown = self.unknown_words(prompt)
+        if unknown:
+            raise ThreedError(f"the prompt {prompt!r} has word(s) that model {self.name!r} does not know: "
+                              f"{', '.join(repr(w) for w in unknown)}{self._vocabulary_hint()}")
+
+    def encode_text(self, prompts: list[str]) -> Float[Tensor, "B L D"]:
+        """Text embeddings for each prompt, cached in memory and on disk (model + prompt).
+
+        Every prompt is checked against the vocabulary first. The empty string is allowed: it is the
+        unconditional prompt of classifier-free guidance.
+        """
+        todo = [p for p in dict.fromkeys(prompts) if self.text_cache.get(p) is None]
+        for p in todo:
+            self.check_prompt(p)
+        if todo:
+            with torch.no_grad():
+                embs = self._embed(todo).float().cpu()
+            for p, e in zip(todo, embs):
+                self.text_cache.put(p, e[None].clone())
+        return torch.cat([self.text_cache.get(p) for p in prompts]).to(self.device, self.dtype)
 
 
 @dataclass
@@ -72,30 +157,13 @@ class PromptConfig:
             raise ValueError(f"perp_neg_weight must be >= 0, got {self.perp_neg_weight}")
 
 
-@dataclass
-class Conditioning:
-    """The condition of a batch of cameras (text, or a reference image), as the guidance core consumes it."""
-
-    cond: Float[Tensor, "B L D"]
-    """Prompt embedding of each view (its label's, or interpolated by azimuth)."""
-    uncond: Float[Tensor, "B L D"]
-    """Unconditional branch of classifier-free guidance (the negative prompt, "" by default)."""
-    negatives: tuple[tuple[Float[Tensor, "B L D"], Float[Tensor, "B"]], ...] = ()
-    """Perp-Neg negative prompt embeddings with per-view weights (empty when perp_neg is off)."""
-    concat: tuple[Float[Tensor, "B K h w"], Float[Tensor, "B K h w"]] | None = None
-    """Channels concatenated to the UNet input, conditional and unconditional (a view-conditioned prior's
-    reference, :mod:`threed.guidance.zero123`); None for text priors."""
-    class_labels: Float[Tensor, "B N"] | None = None
-    """The UNet's class-embedding input of each view, the same in every branch (the toy view prior's pose)."""
-
-
 class PromptProcessor:
     """Text embeddings per camera: each view label's prompt is encoded once, at construction.
 
     Encoding eagerly makes a bad prompt (empty, unknown words) fail before any training step.
     """
 
-    def __init__(self, prior: DiffusionPrior, prompt: str, cfg: PromptConfig | None = None):
+    def __init__(self, prior: TextEncoder, prompt: str, cfg: PromptConfig | None = None):
         self.cfg = cfg or PromptConfig()
         self.prompt = prompt.strip()
         if not self.prompt:
@@ -110,6 +178,10 @@ class PromptProcessor:
         rows = {text: table[i] for i, text in enumerate(texts)}
         self._cond: dict[ViewLabel, Float[Tensor, "L D"]] = {label: rows[t] for label, t in self.prompts.items()}
         self._uncond: Float[Tensor, "L D"] = table[-1]
+
+    def with_prompt(self, prompt: str) -> PromptProcessor:
+        """The same views and settings for another prompt (SDS-Bridge's source prompt)."""
+        return PromptProcessor(self.prior, prompt, self.cfg)
 
     def labels(self, cameras: Cameras) -> list[ViewLabel]:
         """DreamFusion view label of each camera, with this config's angles."""
