@@ -25,7 +25,7 @@ from threed.guidance.rules.zero123 import Zero123Config
 from threed.guidance.text import PromptProcessor
 from threed.recipe import load_recipe
 from threed.render.output import RenderOut
-from threed.stage import StageConfig
+from threed.stage import RunContext, Stage, StageConfig
 
 CAMS = Cameras.orbit(elevation=[0, 10], azimuth=[30, 150], distance=3.0, fovy_deg=40, height=16)
 
@@ -127,6 +127,29 @@ def test_a_stage_of_two_lora_guidances_resumes_exactly(tiny_toy_dir, tmp_path):
             assert torch.equal(a.guidance[i]["lora"][key], b.guidance[i]["lora"][key]), (i, key)
     key = next(iter(a.guidance["0"]["lora"]))
     assert not torch.equal(a.guidance["0"]["lora"][key], a.guidance["1"]["lora"][key])  # two models, trained apart
+
+
+def test_every_guidance_of_a_stage_draws_from_the_stages_own_generator(tiny_toy_dir, tmp_path):
+    """The timesteps and noise of all a stage's guidances come from one generator of the stage (saved in its
+    checkpoints as rng["guidance"]): draws from torch's global generator, the renderer's, do not move them."""
+    two = "stages.0.guidance=[{kind: sds}, {kind: sds, weight: 0.5, guidance_scale: 3}]"
+    cfg = load_recipe("quickstart", [f"model={tiny_toy_dir}", *small("quickstart"), two], prompt="a red cube")
+    ctx = RunContext(prompt="a red cube", model=str(tiny_toy_dir), device=torch.device("cpu"), seed=0, max_steps=3,
+                     run_dir=tmp_path)
+
+    def timesteps(disturb: bool) -> list[float]:
+        stage = Stage(cfg.stages[0], ctx, 0)
+        tr, _ = stage.setup()
+        assert all(g.generator is tr.noise for g in tr.guidance)
+        drawn = []
+        for _ in range(3):
+            if disturb:
+                torch.rand(1000)  # a renderer that samples more points this step
+            drawn += [v for k, v in stage.train_step(tr)[1].terms.items() if k.endswith(".t")]
+        return drawn
+
+    undisturbed = timesteps(False)
+    assert len(undisturbed) == 6 and undisturbed == timesteps(True)
 
 
 def test_a_registry_refuses_configs_without_a_kind_and_duplicates():
