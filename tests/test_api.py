@@ -67,6 +67,10 @@ def test_mesh_export_and_render(tiny_run):
     frames = run.render(frames=3, size=16)
     assert frames.shape == (3, 16, 16, 3) and frames.dtype == np.uint8
     assert not np.array_equal(frames[0], frames[1])  # the object turns
+    with pytest.raises(threed.ThreedError, match="shading 'shiny' is not one of albedo"):
+        run.render(shading="shiny")
+    with pytest.raises(threed.ThreedError, match="unknown mesh format 'fbx'; choose from glb"):
+        run.export("fbx")
 
 
 def test_load_and_resume(tiny_run):

@@ -98,6 +98,8 @@ def test_recipes_on_an_empty_or_broken_recipe_folder(tmp_path, monkeypatch, caps
     assert main(["recipes"]) == 2
     err = capsys.readouterr().err
     assert f"no recipes found in {tmp_path}" in err and "reinstall" in err and "Traceback" not in err
+    assert main(["generate", "a red cube", "--out", str(tmp_path / "run")]) == 2
+    assert f"no recipes found in {tmp_path}" in capsys.readouterr().err
     (tmp_path / "good.yaml").write_text("description: fine\n")
     (tmp_path / "broken.yaml").write_text("description: [unclosed\n")
     (tmp_path / "list.yaml").write_text("- a\n- b\n")

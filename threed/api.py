@@ -23,12 +23,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
 import numpy as np
 import trimesh
 
 from threed.errors import ThreedError
+from threed.export.formats import FORMATS
 from threed.export.pipeline import ExportConfig, build_assets
 from threed.export.video import render_frames, turntable_cameras
 from threed.progress import Progress
@@ -44,6 +45,7 @@ Overrides = Mapping[str, Any] | Sequence[str]
 """``{"max_steps": 300, "stages.0.render_size": 32}`` (dotted keys, Python values), or the command line's
 ``["max_steps=300", ...]``."""
 PathLike = str | os.PathLike
+SHADINGS: tuple[str, ...] = get_args(Shading)
 
 
 def _image_inputs(image: PathLike | None, mask: PathLike | None, depth: PathLike | None) -> dict[str, str | None]:
@@ -164,6 +166,8 @@ class Run:
                texture: str | None = None, texture_size: int | None = None) -> Path:
         """Write the mesh as ``RUN/export/model.<format>`` (``glb``, ``obj`` or ``ply``) and return its path;
         the options are :meth:`export_files`'."""
+        if format not in FORMATS:
+            raise ThreedError(f"unknown mesh format {format!r}; choose from {', '.join(FORMATS)}")
         return self.export_files([format], faces=faces, grid_size=grid_size, texture=texture,
                                  texture_size=texture_size)[format]
 
@@ -175,16 +179,19 @@ class Run:
             raise ThreedError(f"{self.path} has no readable export report yet: export it first") from exc
         return {k: report.get(k) for k in ("stage", "step", "total_steps")}
 
-    def render(self, frames: int = 36, size: int = 128, shading: Shading = "albedo") -> np.ndarray:
+    def render(self, frames: int = 36, size: int = 128, shading: str = "albedo") -> np.ndarray:
         """``frames x size x size x 3`` uint8 turntable frames of the newest checkpoint, starting at the front
         and turning once (the views of ``threed render``); ``shading``: albedo, lambertian, textureless or
         normal."""
         if frames < 1 or size < 8:
             raise ThreedError(f"a turntable needs frames >= 1 and size >= 8, got frames={frames} size={size}")
+        if shading not in SHADINGS:
+            raise ThreedError(f"shading {shading!r} is not one of {', '.join(SHADINGS)}")
         scene = self._scene()
         device = resolve_device(self.config.device)
         cameras = turntable_cameras(frames, size).to(device)
-        return np.stack(list(render_frames(lambda cams: scene.render_eval(cams, shading), cameras)))
+        mode = cast(Shading, shading)
+        return np.stack(list(render_frames(lambda cams: scene.render_eval(cams, mode), cameras)))
 
 
 def generate(prompt: str = "", *, recipe: str | None = None, seed: int | None = None, out: PathLike | None = None,

@@ -78,12 +78,11 @@ def cmd_render(args: Render) -> int:
 
 
 def cmd_recipes(args: Recipes) -> int:
-    from threed.recipe import CONFIG_DIR, recipe_summaries
+    from threed.recipe import no_recipes_error, recipe_summaries
 
     recipes = recipe_summaries()
     if not recipes:
-        raise ThreedError(f"no recipes found in {CONFIG_DIR}: this installation of threed is incomplete; "
-                          f"reinstall it (pip install .) or give a recipe file with --recipe path.yaml")
+        raise no_recipes_error()
     width = max(len(r.name) for r in recipes)
     for r in recipes:
         print(f"{r.name:<{width}}  {r.description if r.problem is None else f'(unreadable: {r.problem})'}")

@@ -81,6 +81,12 @@ def available_recipes() -> dict[str, Path]:
     return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.yaml")) if p.is_file()}
 
 
+def no_recipes_error() -> ThreedError:
+    """What to say when the recipe folder holds no recipe (a broken installation)."""
+    return ThreedError(f"no recipes found in {CONFIG_DIR}: this installation of threed is incomplete; reinstall it "
+                       f"(pip install .) or give a recipe file with --recipe path.yaml")
+
+
 @dataclass(frozen=True)
 class RecipeSummary:
     """What a list of recipes shows of one: read from its YAML without validating it."""
@@ -123,6 +129,8 @@ def recipe_path(name_or_path: str) -> Path:
             raise ThreedError(f"recipe file {path} does not exist")
         return path
     recipes = available_recipes()
+    if not recipes:
+        raise no_recipes_error()
     if name_or_path not in recipes:
         raise ThreedError(f"unknown recipe {name_or_path!r}; available: {', '.join(recipes)} "
                           f"(or give a path to a .yaml file)")
