@@ -1,7 +1,7 @@
 """examples/quickstart.ipynb runs end to end in a real kernel (nbclient), with few steps, and shows the turntable.
 
-About 25 s on the 2-core machine when it is quiet (kernel start and imports are half of it), 60 s under a load
-of 11; each cell may take 120 s."""
+Measured on the shared 2-core machine: 27 s at a load average of 8, 48 to 61 s at 11 (the kernel's start and
+imports are a large share); each cell may take 120 s."""
 
 import base64
 from pathlib import Path
