@@ -21,10 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-DEFAULT_RECIPE = "quickstart"
-"""The recipe of ``threed generate`` (and ``threed batch``) when no ``--recipe`` is given."""
-DEFAULT_IMAGE_RECIPE = "quickstart-image"
-"""The recipe of ``threed generate --image`` when no ``--recipe`` is given."""
+from threed.recipes import DEFAULT_IMAGE_RECIPE, DEFAULT_RECIPE
+from threed.version import __version__
+
 
 SHADINGS = ("albedo", "lambertian", "textureless", "normal")
 """Shading modes of ``threed render``."""
@@ -204,6 +203,7 @@ def _type(f: dataclasses.Field) -> type:
 def build_parser() -> argparse.ArgumentParser:
     """The ``threed`` argument parser, derived from :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(prog="threed", description="Text or image to 3D assets by score distillation.")
+    parser.add_argument("--version", action="version", version=f"threed {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for cls in COMMANDS:
         p = sub.add_parser(cls.name, help=cls.help, description=cls.description)
