@@ -63,6 +63,10 @@ class TextEncoder:
         """The encoder's embedding of each (checked) prompt, without the cache."""
         raise NotImplementedError
 
+    def preprocess_prompt(self, prompt: str) -> str:
+        """The prompt as the model's own pipeline hands it to the tokenizer (unchanged unless a prior says)."""
+        return prompt
+
     def unknown_words(self, prompt: str) -> list[str]:
         """Words of ``prompt`` that a tokenizer can only map to its unknown token."""
         words = [(m.start(), m.end()) for m in re.finditer(r"[^\s,.;:!?]+", prompt)]  # "dragon," names "dragon"
@@ -100,9 +104,10 @@ class TextEncoder:
     def encode_text(self, prompts: list[str]) -> Float[Tensor, "B L D"]:
         """Text embeddings for each prompt, cached in memory and on disk (model + prompt).
 
-        Every prompt is checked against the vocabulary first. The empty string is allowed: it is the
-        unconditional prompt of classifier-free guidance.
+        Every prompt goes through :meth:`preprocess_prompt` (IF: lower-cased) and is checked against the
+        vocabulary first. The empty string is allowed: it is the unconditional prompt of classifier-free guidance.
         """
+        prompts = [self.preprocess_prompt(p) for p in prompts]
         todo = [p for p in dict.fromkeys(prompts) if self.text_cache.get(p) is None]
         for p in todo:
             self.check_prompt(p)
