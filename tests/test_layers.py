@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     # (5) - (8)
     "threed.stage": 5,
     "threed.recipe": 6,
-    "threed.api": 7, "threed.toyworld": 7,
+    "threed.api": 7, "threed.toyworld": 7, "threed.doctor": 7,
     "threed.cli": 8, "threed.commands": 8, "threed.app": 8, "threed.batch": 8,
 }
 

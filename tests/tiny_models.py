@@ -372,3 +372,16 @@ def make_tiny_sd3(path: str | Path, seed: int = 0) -> Path:
                                         tokenizer_2=tokenizer_2, text_encoder_3=t5, tokenizer_3=tokenizer_3)
         pipe.save_pretrained(path)
     return path
+
+
+def hub_cache_snapshot(cache: Path, repo_id: str, folder: Path) -> Path:
+    """``folder`` laid out as huggingface_hub's cache holds a snapshot of ``repo_id`` under ``cache`` (refs/main ->
+    snapshots/<revision>), so that offline resolution finds it; returns the snapshot folder."""
+    import shutil
+
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    rev = "0" * 40
+    shutil.copytree(folder, repo / "snapshots" / rev)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+    return repo / "snapshots" / rev
