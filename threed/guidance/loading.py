@@ -153,8 +153,12 @@ def unresolved(repo_id: str, why: str, key: str = "model") -> ThreedError:
     else:
         instead = "Check the id on huggingface.co"
     local = f"If you meant a local folder, {Path(repo_id).resolve()} does not exist."
+    target = mirror or repo_id
+    hint = (f"To download, unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE), or download once where there is network "
+            f"(`hf download {target} --local-dir DIR`) and pass model=DIR" if offline()
+            else OFFLINE_HINT.replace("ID", target))
     return ThreedError(f"model {repo_id!r} cannot be resolved: {why}. {instead}. {local} "
-                       f"{OFFLINE_HINT.replace('ID', mirror or repo_id).replace('model=', key + '=')}.")
+                       f"{hint.replace('model=', key + '=')}.")
 
 
 def _from_hub(repo_id: str, components: Sequence[str], key: str, allow_bin: bool, fp16: bool) -> Path:
