@@ -13,6 +13,9 @@
 #
 # Packages the GPU image lacks travel as wheels in .whl/ (built or downloaded for its Python and CUDA:
 # `--wheels` downloads them for CPython 3.12, manylinux x86-64); they are installed into /tmp/site.
+# tiny-cuda-nn and nvdiffrast are not on PyPI: a wheel of each built for that machine's Python and CUDA
+# (`pip wheel git+https://github.com/NVlabs/...` on a machine like it) can be dropped into .whl/ too;
+# without them their parity tests skip, and the report says so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
