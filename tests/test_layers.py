@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     # (5) - (8)
     "threed.stage": 5,
     "threed.recipe": 6,
-    "threed.api": 7, "threed.toyworld": 7,
+    "threed.api": 7, "threed.toyworld": 7, "threed.doctor": 7,
     "threed.cli": 8, "threed.commands": 8, "threed.app": 8, "threed.batch": 8, "threed.__main__": 8,
     # the package's front door re-exports the API (threed.generate, threed.Run): above everything, imported by
     # nothing inside (threed/__init__.py loads threed.api lazily, on first use)

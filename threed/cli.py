@@ -1,4 +1,4 @@
-"""Command line: ``threed generate | export | render | recipes | batch | app``.
+"""Command line: ``threed generate | export | render | recipes | batch | app | doctor``.
 
 ``threed generate PROMPT [--recipe NAME_OR_PATH] [--out DIR] [KEY=VALUE ...]``
 ``threed generate --image photo.png [--mask mask.png] [--depth depth.png] [PROMPT] [--recipe zero123] [KEY=VALUE ...]``
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from threed.commands import App, Batch, Command, Export, Generate, Recipes, Render, parse
+from threed.commands import App, Batch, Command, Doctor, Export, Generate, Recipes, Render, parse
 from threed.errors import ThreedError
 from threed.run import RunLayout
 from threed.runtime import tune_cpu_runtime
@@ -128,9 +128,19 @@ def cmd_app(args: App) -> int:
     return 0
 
 
+def cmd_doctor(args: Doctor) -> int:
+    from threed.doctor import run
+
+    if args.items and args.recipe is None:
+        raise ThreedError("overrides belong to a recipe: threed doctor --recipe NAME KEY=VALUE ...")
+    code, text = run(args.recipe, args.items)
+    print(text)
+    return code
+
+
 RUNNERS: dict[type[Command], Callable[[Any], int]] = {
     Generate: cmd_generate, Export: cmd_export, Render: cmd_render, Recipes: cmd_recipes, Batch: cmd_batch,
-    App: cmd_app}
+    App: cmd_app, Doctor: cmd_doctor}
 """The function that runs each command."""
 
 

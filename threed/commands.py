@@ -191,7 +191,22 @@ class App(Command):
                                       metavar="N")
 
 
-COMMANDS: tuple[type[Command], ...] = (Generate, Export, Render, Recipes, Batch, App)
+@dataclass
+class Doctor(Command):
+    """``threed doctor``: what this machine has for threed, and whether a recipe can run here."""
+
+    name: ClassVar[str] = "doctor"
+    help: ClassVar[str] = "report torch, CUDA, fast paths, caches and disk; check that a recipe can run here"
+    description: ClassVar[str | None] = ("threed doctor [--recipe NAME_OR_PATH] [KEY=VALUE ...]: exits 1 when the "
+                                         "recipe cannot run here, saying what to do")
+
+    recipe: str | None = option("also check what this recipe (name or YAML path) needs: device, fast paths, "
+                                "priors, packages")
+    items: list[str] = option("recipe overrides, as for generate (e.g. model=/path/to/sd)", positional=True,
+                              metavar="KEY=VALUE")
+
+
+COMMANDS: tuple[type[Command], ...] = (Generate, Export, Render, Recipes, Batch, App, Doctor)
 """Every command, in the order ``threed --help`` lists them."""
 
 

@@ -25,7 +25,7 @@ from threed.config import build, parse_overrides, to_dict
 from threed.errors import ThreedError
 from threed.export.pipeline import ExportConfig, export_checkpoint
 from threed.files import write_bytes_atomic
-from threed.guidance.loading import PriorCache
+from threed.guidance.loading import DEFAULT_TEXT_MODEL, PriorCache
 from threed.progress import Progress
 from threed.run import RunLayout
 from threed.stage import RunContext, Stage, StageConfig
@@ -48,8 +48,10 @@ class RecipeConfig:
     """Mask of the reference image (white = object), needed when the image has no alpha."""
     depth: str | None = None
     """Optional depth (or disparity) map of the reference image, for the reference-view depth loss."""
-    model: str = "stabilityai/stable-diffusion-2-1-base"
-    """Text-to-image prior: hub id, local diffusers folder, or ``toyworld``."""
+    model: str = DEFAULT_TEXT_MODEL
+    """Text-to-image prior: hub id, local diffusers folder, or ``toyworld``. The default is Stable Diffusion
+    2.1-base from its sd2-community mirror (Stability AI withdrew ``stabilityai/stable-diffusion-2-1-base``,
+    which still loads when it is in the local cache)."""
     image_model: str | None = None
     """View-conditioned prior for image-to-3D recipes."""
     seed: int = 0
