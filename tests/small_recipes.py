@@ -11,6 +11,22 @@ SMALL = ([f"stages.*.scene.geometry.encoding.{e}" for e in ENCODING]
             "export.grid_size=24", "export.video=false", "export.views=0", "export.texture=vertex",
             "export.formats=[glb]", "max_steps=3"])
 MESH = ["scene.geometry.grid_size=12", "scene.init_grid_size=24"]
+TINY_QUICKSTART = {
+    "max_steps": 4,
+    "stages.0.render_size": 16,
+    "stages.0.scene.geometry.encoding": {"n_levels": 4, "log2_hashmap_size": 12, "max_resolution": 64},
+    "stages.0.scene.geometry.hidden_dim": 16,
+    "stages.0.scene.renderer.num_samples": 16,
+    "stages.0.cameras.batch_size": 1,
+    "stages.0.val_every": 2,
+    "stages.0.val_views": 2,
+    "stages.0.val_resolution": 16,
+    "stages.0.log_every": 1,
+    "stages.0.ckpt_every": 2,
+    "export": {"grid_size": 24, "video": False, "views": 0, "texture": "vertex", "formats": ["glb"]},
+}
+"""The quickstart recipe (toy-world prior) at CPU-test size, as the Python API's overrides: a small hash grid,
+16 px renders, 4 steps, a validation grid every 2 steps and a progress report every step."""
 
 
 def small(recipe: str) -> list[str]:

@@ -90,6 +90,30 @@ def test_recipes_lists_each_with_a_description(capsys):
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)
 
 
+def test_recipes_on_an_empty_or_broken_recipe_folder(tmp_path, monkeypatch, capsys):
+    """An install without recipes says so; a file that is not a recipe is listed with why, beside the others."""
+    import threed.recipe
+
+    monkeypatch.setattr(threed.recipe, "CONFIG_DIR", tmp_path)
+    assert main(["recipes"]) == 2
+    err = capsys.readouterr().err
+    assert f"no recipes found in {tmp_path}" in err and "reinstall" in err and "Traceback" not in err
+    assert main(["generate", "a red cube", "--out", str(tmp_path / "run")]) == 2
+    assert f"no recipes found in {tmp_path}" in capsys.readouterr().err
+    (tmp_path / "good.yaml").write_text("description: fine\n")
+    (tmp_path / "broken.yaml").write_text("description: [unclosed\n")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00")
+    (tmp_path / "folder.yaml").mkdir()
+    assert main(["recipes"]) == 0
+    lines = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.strip().splitlines())
+    assert lines.pop("good") == "fine"
+    assert lines.pop("broken").startswith(f"(unreadable: cannot read {tmp_path / 'broken.yaml'}")
+    assert "is not a recipe" in lines.pop("list")
+    assert lines.pop("binary").startswith("(unreadable: cannot read")
+    assert not lines  # the folder named like a recipe is not one
+
+
 @pytest.mark.parametrize("args,message", [
     (["", "max_steps=1"], "prompt is empty"),
     (["a cube", "stages.0.steps=abc"], "stages[0].steps"),  # noqa: RUF001 - path in the error

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from threed.app.request import JobRequest, resume_command
-from threed.commands import COMMANDS, App, Batch, Export, Generate, Render, build_parser, parse
+from threed.commands import COMMANDS, App, Batch, Doctor, Export, Generate, Render, build_parser, parse
 
 
 @pytest.mark.parametrize("request_", [
@@ -20,6 +20,8 @@ from threed.commands import COMMANDS, App, Batch, Export, Generate, Render, buil
     App(host="0.0.0.0", auth=["ann:pw1", "bob:pw2"], queue_limit=3, client_limit=1),
     App(host="0.0.0.0", auth_file="logins.txt", no_auth=False),
     App(host="0.0.0.0", no_auth=True, port=8000),
+    Doctor(),
+    Doctor(recipe="dreamfusion-sd", items=["model=/weights/sd", "device=cuda"]),
 ])
 def test_a_request_survives_the_command_line(request_):
     """What the app (or the API) builds is exactly what the CLI parses back from its argv."""

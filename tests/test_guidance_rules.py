@@ -171,8 +171,8 @@ def test_perp_neg_removes_only_the_perpendicular_part_of_each_negative(tiny_if_d
 
     e_c, e_u = e(["a red chair, front view", "a red chair, back view"]), e(["", ""])  # azimuths 30 and 150
     # azimuth 30: negatives front (weight 1.5 * 30/90) and side (1.5 * 60/90);
-    # azimuth 150: negatives side (1.5 * 60/90) and front (1.5: at least 90 deg away).
-    negs = [(["a red chair, front view", "a red chair, side view"], torch.tensor([0.5, 1.0])),
+    # azimuth 150: negatives side (perp_neg_back_side_weight 0.394 * 60/90) and front (1.5: at least 90 deg away).
+    negs = [(["a red chair, front view", "a red chair, side view"], torch.tensor([0.5, 0.394 * 2 / 3])),
             (["a red chair, side view", "a red chair, front view"], torch.tensor([1.0, 1.5]))]
     delta = e_c - e_u
     guided = delta.clone()

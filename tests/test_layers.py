@@ -11,7 +11,7 @@ ROOT = Path(threed.__file__).parent
 
 LAYERS: dict[str, int] = {
     # (1) foundations: no threed imports but each other
-    "threed": 1, "threed.errors": 1, "threed.runtime": 1, "threed.cameras": 1, "threed.config": 1,
+    "threed.errors": 1, "threed.version": 1, "threed.recipes": 1, "threed.runtime": 1, "threed.cameras": 1, "threed.config": 1,
     "threed.run": 1, "threed.files": 1, "threed.checkpoint": 1, "threed.progress": 1, "threed.backends": 1,
     "threed.profiling": 1, "threed.image_files": 1,
     # (2) representations
@@ -23,10 +23,15 @@ LAYERS: dict[str, int] = {
     # (5) - (8)
     "threed.stage": 5,
     "threed.recipe": 6,
-    "threed.api": 7, "threed.toyworld": 7,
-    "threed.cli": 8, "threed.commands": 8, "threed.app": 8, "threed.batch": 8,
+    "threed.api": 7, "threed.toyworld": 7, "threed.doctor": 7,
+    "threed.cli": 8, "threed.commands": 8, "threed.app": 8, "threed.batch": 8, "threed.__main__": 8,
+    # the package's front door re-exports the API (threed.generate, threed.Run): above everything, imported by
+    # nothing inside (threed/__init__.py loads threed.api lazily, on first use)
+    "threed": 9,
 }
 
+ENTRY_POINTS = {"threed.cli", "threed.__main__"}
+"""The only modules that may import the command line: itself, and ``python -m threed``."""
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 """Upward imports tolerated while someone's work removes them. Empty since the guidance package landed (its
 guidance <-> stage circle went with it); an entry is a debt with an owner, never a way to pass this test."""
@@ -64,7 +69,7 @@ def upward_imports() -> set[tuple[str, str]]:
     found = set()
     for module, path in modules().items():
         for target in imports(path):
-            if layer(target) > layer(module) or (target == "threed.cli" and module != "threed.cli"):
+            if layer(target) > layer(module) or (target == "threed.cli" and module not in ENTRY_POINTS):
                 found.add((module, target))
     return found
 

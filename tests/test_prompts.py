@@ -88,15 +88,19 @@ def test_view_interpolation_blends_neighbouring_view_prompts_by_azimuth(prior):
 def test_perp_neg_negatives_are_the_other_views_weighted_by_angular_distance(prior):
     cams = Cameras.orbit(elevation=[0, 0, 0, 0, 80], azimuth=[0, 60, 120, 180, 0], distance=3.0, fovy_deg=40,
                          height=16)
-    pp = PromptProcessor(prior, "a red chair", PromptConfig(perp_neg=True, perp_neg_weight=1.5))
+    pp = PromptProcessor(prior, "a red chair", PromptConfig(perp_neg=True))  # weights 1.5, back side 0.394
     text = pp.conditioning(cams)
     front, side = prior.encode_text(["a red chair, front view", "a red chair, side view"])
     (first, w1), (second, w2) = text.negatives
-    # Front half: front (weight grows away from 0 deg) and side; back half: side and front (always full weight).
+    # Front half: front (weight grows away from 0 deg) and side; back half: side (growing to threestudio's
+    # 0.394 at the back) and front (always full weight).
     torch.testing.assert_close(first, torch.stack([front, front, side, side, front]), rtol=0, atol=0)
     torch.testing.assert_close(second, torch.stack([side, side, front, front, side]), rtol=0, atol=0)
-    torch.testing.assert_close(w1, torch.tensor([0.0, 1.0, 0.5, 1.5, 0.0]), rtol=0, atol=1e-6)  # overhead: no negatives
+    torch.testing.assert_close(w1, torch.tensor([0.0, 1.0, 0.394 / 3, 0.394, 0.0]), rtol=0, atol=1e-6)  # overhead: none
     torch.testing.assert_close(w2, torch.tensor([1.5, 0.5, 1.5, 1.5, 0.0]), rtol=0, atol=1e-6)
+    other = PromptProcessor(prior, "a red chair", PromptConfig(perp_neg=True, perp_neg_back_side_weight=1.5))
+    torch.testing.assert_close(other.conditioning(cams).negatives[0][1], torch.tensor([0.0, 1.0, 0.5, 1.5, 0.0]),
+                               rtol=0, atol=1e-6)  # the key sets it (1.5: the weight before it existed)
     torch.testing.assert_close(text.cond, pp.embeddings(cams)[0], rtol=0, atol=0)  # labels unless interpolating
 
 
@@ -105,3 +109,5 @@ def test_interpolation_and_perp_neg_need_view_prompts():
         build(PromptConfig, {"view_dependent": False, "perp_neg": True})
     with pytest.raises(ThreedError, match="perp_neg_weight"):
         build(PromptConfig, {"perp_neg_weight": -1.0})
+    with pytest.raises(ThreedError, match="perp_neg_back_side_weight"):
+        build(PromptConfig, {"perp_neg_back_side_weight": -1.0})

@@ -17,8 +17,8 @@ from threed.errors import ThreedError
 from threed.guidance.registry import make_guidance
 from threed.guidance.rules.sds import SDS
 from threed.guidance.rules.zero123 import Zero123Config
-from threed.guidance.zero123 import (ImageConditioning, LatentViewPrior, PixelViewPrior, load_view_prior,
-                                     relative_pose)
+from threed.guidance.zero123 import (ImageConditioning, LatentViewPrior, PixelViewPrior, auto_convention,
+                                     load_view_prior, relative_pose)
 from threed.reference.image import ReferenceViewConfig, frame_object, load_reference, read_reference
 from threed.render.output import RenderOut
 
@@ -61,7 +61,7 @@ def test_relative_pose_stable_zero123_uses_reference_polar():
 @pytest.mark.parametrize("projection_name", ["cc_projection", "clip_camera_projection"])
 def test_tiny_zero123_loads_through_the_real_path(tiny_zero123_dir, tmp_path, projection_name):
     folder = tiny_zero123_dir
-    if projection_name != "cc_projection":  # ashawkey's conversions name the projection differently
+    if projection_name != "cc_projection":  # bennyguo's and ashawkey's conversions name it clip_camera_projection
         folder = Path(shutil.copytree(tiny_zero123_dir, tmp_path / "z"))
         (folder / "cc_projection").rename(folder / projection_name)
         index = json.loads((folder / "model_index.json").read_text())
@@ -86,6 +86,16 @@ def test_stable_name_picks_the_stable_convention(tiny_zero123_dir, tmp_path):
     folder = shutil.copytree(tiny_zero123_dir, tmp_path / "stable-zero123-tiny")
     assert load_view_prior(str(folder)).convention == "stable-zero123"
     assert load_view_prior(str(folder), convention="zero123").convention == "zero123"
+
+
+def test_only_the_folder_or_repository_name_decides_the_automatic_convention(tiny_zero123_dir, tmp_path):
+    runs = shutil.copytree(tiny_zero123_dir, tmp_path / "stable-runs" / "zero123-xl")  # "stable" higher up only
+    assert load_view_prior(str(runs)).convention == "zero123"
+    assert load_view_prior(str(runs), convention="stable-zero123").convention == "stable-zero123"  # the key wins
+    assert auto_convention("/data/stable-runs/zero123-xl") == auto_convention("bennyguo/zero123-xl-diffusers") \
+        == auto_convention("stabilityai/zero123-xl") == auto_convention("/data/stable/") == "zero123"
+    for name in ("ashawkey/stable-zero123-diffusers", "/data/runs/stable_zero123/", "my-stablezero123"):
+        assert auto_convention(name) == "stable-zero123", name
 
 
 def test_missing_view_model_names_the_path_and_the_fix(tmp_path):

@@ -106,15 +106,48 @@ def make_tiny_sd(path: str | Path, prediction_type: str = "epsilon", seed: int =
     return path
 
 
-def make_tiny_if(path: str | Path, seed: int = 0) -> Path:
-    """A DeepFloyd-IF-stage-I-layout folder: T5 encoder + word-level tokenizer + 16 px UNet with learned variance."""
+def sentencepiece_model(folder: Path, words: tuple[str, ...] = WORDS) -> Path:
+    """A tiny T5-style sentencepiece model (``spiece.model``: pad 0, eos 1, unk 2, no bos) trained here on
+    ``words``, in ``folder``."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    sentences = [" ".join(words) + ", " + ", ".join(words)] * 20 + list(words)
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model, vocab_size=80,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   hard_vocab_limit=False, character_coverage=1.0, minloglevel=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    return folder / "spiece.model"
+
+
+def sentencepiece_tokenizer_folder(folder: Path) -> Path:
+    """A tokenizer folder as DeepFloyd IF ships it: ``spiece.model`` and ``tokenizer_config.json`` (T5Tokenizer),
+    no ``tokenizer.json``, so transformers must convert it with sentencepiece and protobuf."""
+    sentencepiece_model(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 0,
+                                                              "model_max_length": 77}))
+    return folder
+
+
+def make_tiny_if(path: str | Path, seed: int = 0, sentencepiece: bool = False) -> Path:
+    """A DeepFloyd-IF-stage-I-layout folder: T5 encoder + word-level tokenizer + 16 px UNet with learned variance.
+
+    ``sentencepiece``: the tokenizer is a T5Tokenizer from a sentencepiece model trained here, in IF's own
+    tokenizer layout (:func:`sentencepiece_tokenizer_folder`)."""
     from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
     path = Path(path)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        tokenizer = word_level_tokenizer()
+        if sentencepiece:
+            with tempfile.TemporaryDirectory() as src:
+                tokenizer = T5Tokenizer.from_pretrained(sentencepiece_tokenizer_folder(Path(src)))
+        else:
+            tokenizer = word_level_tokenizer()
         text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2,
                                                num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
                                                eos_token_id=1, decoder_start_token_id=0))
@@ -133,6 +166,10 @@ def make_tiny_if(path: str | Path, seed: int = 0) -> Path:
                           safety_checker=None, feature_extractor=None, watermarker=None,
                           requires_safety_checker=False)
         pipe.save_pretrained(path)
+        if sentencepiece:  # IF's layout: the sentencepiece model itself, not a converted tokenizer.json
+            for f in (path / "tokenizer").iterdir():
+                f.unlink()
+            sentencepiece_tokenizer_folder(path / "tokenizer")
     return path
 
 
@@ -248,7 +285,8 @@ def make_tiny_zero123(path: str | Path, seed: int = 0, projection_name: str = "c
     """A Zero-1-to-3 diffusers-conversion layout: UNet (8 = 4 noisy + 4 reference latent channels in, 4 out,
     8x8 latents), AutoencoderKL (factor 2, 16 px), CLIPVisionModelWithProjection (16-d image embeddings) with
     its CLIPImageProcessor, DDIMScheduler, and the camera projection Linear(16 + 4 -> 32) under
-    ``projection_name`` (``cc_projection`` as bennyguo/kxic ship it, ``clip_camera_projection`` as ashawkey's).
+    ``projection_name`` (``cc_projection`` as diffusers' community Zero1to3 pipeline names it, ``clip_camera_projection``
+as bennyguo's and ashawkey's conversions do).
 
     ``model_index.json`` names the projection's remote pipeline class, as the real repos do.
     """
@@ -334,3 +372,16 @@ def make_tiny_sd3(path: str | Path, seed: int = 0) -> Path:
                                         tokenizer_2=tokenizer_2, text_encoder_3=t5, tokenizer_3=tokenizer_3)
         pipe.save_pretrained(path)
     return path
+
+
+def hub_cache_snapshot(cache: Path, repo_id: str, folder: Path) -> Path:
+    """``folder`` laid out as huggingface_hub's cache holds a snapshot of ``repo_id`` under ``cache`` (refs/main ->
+    snapshots/<revision>), so that offline resolution finds it; returns the snapshot folder."""
+    import shutil
+
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    rev = "0" * 40
+    shutil.copytree(folder, repo / "snapshots" / rev)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+    return repo / "snapshots" / rev

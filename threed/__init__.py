@@ -1,9 +1,36 @@
 """threed: text or image to 3D assets by score distillation.
 
-Importing this package never compiles anything and never needs CUDA.
+The public Python API (docs/api.md)::
+
+    import threed
+    run = threed.generate("a red cube", overrides={"max_steps": 300})
+    run.export("glb", faces=5000)
+
+Importing this package never compiles anything, never needs CUDA, and imports neither torch nor the rest of
+threed: :func:`generate`, :class:`Run` and :class:`Progress` load :mod:`threed.api` on first use, so the
+command line can tune the CPU runtime before torch loads (:mod:`threed.runtime`).
 """
 
-from threed.errors import ThreedError
+import typing as _typing
 
-__version__ = "0.1.0"
-__all__ = ["ThreedError", "__version__"]
+from threed.errors import ThreedError
+from threed.version import __version__
+
+if _typing.TYPE_CHECKING:
+    from threed.api import Progress, Run, generate
+
+__all__ = ["Progress", "Run", "ThreedError", "__version__", "generate"]
+
+_API = ("Progress", "Run", "generate")
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name in _API:
+        import threed.api
+
+        return getattr(threed.api, name)
+    raise AttributeError(f"module 'threed' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -38,13 +38,20 @@ class FastPath:
 
 
 @functools.cache
-def importable(module: str) -> bool:
-    """Whether ``module`` imports; a CUDA extension may also fail with a non-ImportError without a GPU."""
+def import_error(module: str) -> str | None:
+    """Why ``module`` does not import (the exception's type and first line), or None when it does; a CUDA
+    extension may also fail with a non-ImportError without a GPU."""
     try:
         importlib.import_module(module)
-    except Exception:
-        return False
-    return True
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return None
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` imports (:func:`import_error`)."""
+    return import_error(module) is None
 
 
 def use_fast_path(backend: Backend, x: Tensor, fast: FastPath) -> bool:

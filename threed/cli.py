@@ -1,4 +1,4 @@
-"""Command line: ``threed generate | export | render | recipes | batch | app``.
+"""Command line: ``threed generate | export | render | recipes | batch | app | doctor``.
 
 ``threed generate PROMPT [--recipe NAME_OR_PATH] [--out DIR] [KEY=VALUE ...]``
 ``threed generate --image photo.png [--mask mask.png] [--depth depth.png] [PROMPT] [--recipe zero123] [KEY=VALUE ...]``
@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from threed.commands import (DEFAULT_IMAGE_RECIPE, DEFAULT_RECIPE, App, Batch, Command, Export, Generate, Recipes,
-                             Render, parse)
+from threed.commands import App, Batch, Command, Doctor, Export, Generate, Recipes, Render, parse
 from threed.errors import ThreedError
+from threed.run import RunLayout
 from threed.runtime import tune_cpu_runtime
 
 
@@ -36,108 +36,56 @@ def _split_generate_args(args: Generate) -> tuple[str | None, list[str]]:
     return items[0], items[1:]
 
 
-def _image_inputs(args: Generate) -> dict[str, str | None]:
-    """--image/--mask/--depth as absolute paths (a resumed run must find them from any folder)."""
-    paths = {"image": args.image, "mask": args.mask, "depth": args.depth}
-    if paths["image"] is None and (paths["mask"] or paths["depth"]):
-        raise ThreedError("--mask and --depth belong to an image: add --image photo.png")
-    for key, value in paths.items():
-        if value is not None:
-            path = Path(value).expanduser()
-            if not path.is_file():
-                raise ThreedError(f"--{key} {path} does not exist")
-            paths[key] = str(path.resolve())
-    return paths
-
-
 def cmd_generate(args: Generate) -> int:
-    from threed.recipe import default_run_dir, load_recipe, load_run_config, run_recipe
-    from threed.run import RunLayout
+    from threed.api import Run, generate
 
     prompt, overrides = _split_generate_args(args)
     if args.resume is not None:
-        run_dir = Path(args.resume)
-        cfg = load_run_config(run_dir, overrides)
+        run = Run.load(args.resume).resume(overrides)
     else:
-        images = _image_inputs(args)
-        recipe = args.recipe or (DEFAULT_IMAGE_RECIPE if images["image"] else DEFAULT_RECIPE)
-        cfg = load_recipe(recipe, overrides, prompt=prompt or None, **images)
-        name = prompt or (Path(images["image"]).stem if images["image"] else "")
-        run_dir = Path(args.out) if args.out else default_run_dir(name)
-        if RunLayout(run_dir).is_run:
-            raise ThreedError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                              f"or choose another --out")
-    print(f"run directory: {run_dir}", file=sys.stderr)
-    files = run_recipe(cfg, run_dir)
-    for kind, path in files.items():
+        run = generate(prompt or "", recipe=args.recipe, out=args.out, overrides=overrides, image=args.image,
+                       mask=args.mask, depth=args.depth)
+    for kind, path in run.files.items():
         print(f"{kind}: {path}")
     return 0
 
 
-def _existing_run_dir(path: str) -> Path:
-    """``path`` as a run directory, or a clear error when there is nothing there."""
-    run_dir = Path(path)
-    if not run_dir.exists():
-        raise ThreedError(f"run directory {run_dir} does not exist")
-    if not run_dir.is_dir():
-        raise ThreedError(f"{run_dir} is a file, not a run directory")
-    return run_dir
-
-
 def cmd_export(args: Export) -> int:
-    from dataclasses import replace
+    from threed.api import Run
 
-    from threed.recipe import export_run, last_checkpoint, load_run_config, resolve_device, run_layout
-
-    run_dir = _existing_run_dir(args.run_dir)
-    cfg = load_run_config(run_dir)
-    ckpt = last_checkpoint(run_dir, cfg)
-    changes = {"formats": list(args.format) if args.format else None, "grid_size": args.grid_size,
-               "texture": args.texture, "texture_size": args.texture_size, "views": args.views,
-               "normalize": False if args.no_normalize else None}
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if args.faces is not None:
-        changes["faces"] = args.faces or None  # --faces 0: keep every face
-    try:
-        export = replace(cfg.export, **changes)
-    except ValueError as exc:
-        raise ThreedError(f"bad export option: {exc}") from exc
-    files = export_run(cfg, run_layout(run_dir, cfg), ckpt, resolve_device(cfg.device), export=export,
-                       video=args.video)
+    run = Run.load(args.run_dir)
+    files = run.export_files(args.format or None, grid_size=args.grid_size, faces=args.faces, texture=args.texture,
+                             texture_size=args.texture_size, views=args.views,
+                             normalize=False if args.no_normalize else None, video=args.video)
     for kind, path in files.items():
         print(f"{kind}: {path}")
-    if not ckpt.done:
-        print(f"note: exported stage {ckpt.stage!r} at step {ckpt.step}/{ckpt.total_steps} (the run is unfinished)",
-              file=sys.stderr)
+    source = run.exported_checkpoint()
+    if source["step"] is not None and source["step"] < source["total_steps"]:
+        print(f"note: exported stage {source['stage']!r} at step {source['step']}/{source['total_steps']} "
+              f"(the run is unfinished)", file=sys.stderr)
     return 0
 
 
 def cmd_render(args: Render) -> int:
-    from threed.export.video import write_turntable
-    from threed.recipe import last_checkpoint, load_run_config, resolve_device, run_layout
-    from threed.scene import Scene
+    from threed.api import Run
+    from threed.export.video import write_video
 
-    run_dir = _existing_run_dir(args.run_dir)
-    cfg = load_run_config(run_dir)
-    device = resolve_device(cfg.device)
-    scene = Scene.from_checkpoint(last_checkpoint(run_dir, cfg), device)
-    out = Path(args.output) if args.output else run_layout(run_dir, cfg).export.turntable
-    path = write_turntable(lambda cams: scene.render_eval(cams.to(device), args.shading), out,
-                           n_frames=args.frames, resolution=args.size)
+    run = Run.load(args.run_dir)
+    out = Path(args.output) if args.output else RunLayout(run.path).export.turntable
+    path = write_video(run.render(args.frames, args.size, args.shading), out)
     print(f"video: {path}")
     return 0
 
 
 def cmd_recipes(args: Recipes) -> int:
-    from omegaconf import OmegaConf
+    from threed.recipe import no_recipes_error, recipe_summaries
 
-    from threed.recipe import available_recipes
-
-    recipes = available_recipes()
-    width = max(len(n) for n in recipes)
-    for name, path in recipes.items():
-        desc = OmegaConf.load(path).get("description", "")
-        print(f"{name:<{width}}  {desc}")
+    recipes = recipe_summaries()
+    if not recipes:
+        raise no_recipes_error()
+    width = max(len(r.name) for r in recipes)
+    for r in recipes:
+        print(f"{r.name:<{width}}  {r.description if r.problem is None else f'(unreadable: {r.problem})'}")
     return 0
 
 
@@ -180,9 +128,19 @@ def cmd_app(args: App) -> int:
     return 0
 
 
+def cmd_doctor(args: Doctor) -> int:
+    from threed.doctor import run
+
+    if args.items and args.recipe is None:
+        raise ThreedError("overrides belong to a recipe: threed doctor --recipe NAME KEY=VALUE ...")
+    code, text = run(args.recipe, args.items)
+    print(text)
+    return code
+
+
 RUNNERS: dict[type[Command], Callable[[Any], int]] = {
     Generate: cmd_generate, Export: cmd_export, Render: cmd_render, Recipes: cmd_recipes, Batch: cmd_batch,
-    App: cmd_app}
+    App: cmd_app, Doctor: cmd_doctor}
 """The function that runs each command."""
 
 

@@ -21,10 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-DEFAULT_RECIPE = "quickstart"
-"""The recipe of ``threed generate`` (and ``threed batch``) when no ``--recipe`` is given."""
-DEFAULT_IMAGE_RECIPE = "quickstart-image"
-"""The recipe of ``threed generate --image`` when no ``--recipe`` is given."""
+from threed.recipes import DEFAULT_IMAGE_RECIPE, DEFAULT_RECIPE
+from threed.version import __version__
+
 
 SHADINGS = ("albedo", "lambertian", "textureless", "normal")
 """Shading modes of ``threed render``."""
@@ -192,7 +191,22 @@ class App(Command):
                                       metavar="N")
 
 
-COMMANDS: tuple[type[Command], ...] = (Generate, Export, Render, Recipes, Batch, App)
+@dataclass
+class Doctor(Command):
+    """``threed doctor``: what this machine has for threed, and whether a recipe can run here."""
+
+    name: ClassVar[str] = "doctor"
+    help: ClassVar[str] = "report torch, CUDA, fast paths, caches and disk; check that a recipe can run here"
+    description: ClassVar[str | None] = ("threed doctor [--recipe NAME_OR_PATH] [KEY=VALUE ...]: exits 1 when the "
+                                         "recipe cannot run here, saying what to do")
+
+    recipe: str | None = option("also check what this recipe (name or YAML path) needs: device, fast paths, "
+                                "priors, packages")
+    items: list[str] = option("recipe overrides, as for generate (e.g. model=/path/to/sd)", positional=True,
+                              metavar="KEY=VALUE")
+
+
+COMMANDS: tuple[type[Command], ...] = (Generate, Export, Render, Recipes, Batch, App, Doctor)
 """Every command, in the order ``threed --help`` lists them."""
 
 
@@ -204,6 +218,7 @@ def _type(f: dataclasses.Field) -> type:
 def build_parser() -> argparse.ArgumentParser:
     """The ``threed`` argument parser, derived from :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(prog="threed", description="Text or image to 3D assets by score distillation.")
+    parser.add_argument("--version", action="version", version=f"threed {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for cls in COMMANDS:
         p = sub.add_parser(cls.name, help=cls.help, description=cls.description)

@@ -301,8 +301,21 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def parse_overrides(items: Sequence[str]) -> DictConfig:
-    """``["a.b=1", "model=/x"]`` -> a DictConfig; each item must be ``KEY=VALUE``."""
+def parse_overrides(items: Sequence[str] | Mapping[str, Any]) -> DictConfig:
+    """``["a.b=1", "model=/x"]`` (the command line's) or ``{"a.b": 1, "model": "/x"}`` (the Python API's,
+    values as Python objects) -> a DictConfig; each item must be ``KEY=VALUE``."""
+    if isinstance(items, Mapping):
+        conf = OmegaConf.create()
+        for key, value in items.items():
+            if not isinstance(key, str) or not key.strip(".") or ".." in key:
+                raise ThreedError(f"override key {key!r} is not a dotted name (e.g. max_steps or stages.0.steps)")
+            try:
+                OmegaConf.update(conf, key, value, merge=True)
+            except Exception as exc:  # omegaconf raises several error types, e.g. for a value it cannot hold
+                raise ThreedError(f"cannot use override {key}={value!r}: {exc}") from exc
+        return conf
+    if isinstance(items, str):
+        raise ThreedError(f"overrides are a list of KEY=VALUE items or a mapping, not the string {items!r}")
     for item in items:
         if "=" not in item or item.startswith("="):
             raise ThreedError(f"override {item!r} is not KEY=VALUE (e.g. max_steps=200 or stages.0.steps=500)")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -24,7 +25,8 @@ from threed.config import build, parse_overrides, to_dict
 from threed.errors import ThreedError
 from threed.export.pipeline import ExportConfig, export_checkpoint
 from threed.files import write_bytes_atomic
-from threed.guidance.loading import PriorCache
+from threed.guidance.loading import DEFAULT_TEXT_MODEL, PriorCache
+from threed.progress import Progress
 from threed.run import RunLayout
 from threed.stage import RunContext, Stage, StageConfig
 
@@ -46,8 +48,10 @@ class RecipeConfig:
     """Mask of the reference image (white = object), needed when the image has no alpha."""
     depth: str | None = None
     """Optional depth (or disparity) map of the reference image, for the reference-view depth loss."""
-    model: str = "stabilityai/stable-diffusion-2-1-base"
-    """Text-to-image prior: hub id, local diffusers folder, or ``toyworld``."""
+    model: str = DEFAULT_TEXT_MODEL
+    """Text-to-image prior: hub id, local diffusers folder, or ``toyworld``. The default is Stable Diffusion
+    2.1-base from its sd2-community mirror (Stability AI withdrew ``stabilityai/stable-diffusion-2-1-base``,
+    which still loads when it is in the local cache)."""
     image_model: str | None = None
     """View-conditioned prior for image-to-3D recipes."""
     seed: int = 0
@@ -75,7 +79,49 @@ class RecipeConfig:
 
 
 def available_recipes() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.yaml"))}
+    """The shipped recipes by name (empty when the recipe folder is missing or empty)."""
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.yaml")) if p.is_file()}
+
+
+def no_recipes_error() -> ThreedError:
+    """What to say when the recipe folder holds no recipe (a broken installation)."""
+    return ThreedError(f"no recipes found in {CONFIG_DIR}: this installation of threed is incomplete; reinstall it "
+                       f"(pip install .) or give a recipe file with --recipe path.yaml")
+
+
+@dataclass(frozen=True)
+class RecipeSummary:
+    """What a list of recipes shows of one: read from its YAML without validating it."""
+
+    name: str
+    path: Path
+    description: str = ""
+    model: str = ""
+    """The recipe's text-to-image prior (``model``)."""
+    image_model: str | None = None
+    """Its view-conditioned prior: set for the image-to-3D recipes."""
+    problem: str | None = None
+    """Why the file could not be read (the other fields are then empty): listed, not fatal."""
+
+
+def recipe_summaries() -> list[RecipeSummary]:
+    """One summary per shipped recipe, in name order; a file that does not parse as a mapping is listed with
+    its ``problem`` rather than stopping the listing (``threed recipes``, the app, the batch runner)."""
+    out = []
+    for name, path in available_recipes().items():
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            out.append(RecipeSummary(name, path, problem=f"cannot read {path}: {' '.join(str(exc).split())}"))
+            continue
+        data = {} if data is None else data  # an empty file is every default, as load_recipe reads it
+        if not isinstance(data, dict):
+            out.append(RecipeSummary(name, path, problem=f"{path} is not a recipe (a YAML mapping of settings)"))
+            continue
+        image_model = data.get("image_model")
+        out.append(RecipeSummary(name, path, str(data.get("description") or ""), str(data.get("model") or ""),
+                                 str(image_model) if image_model else None))
+    return out
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -85,6 +131,8 @@ def recipe_path(name_or_path: str) -> Path:
             raise ThreedError(f"recipe file {path} does not exist")
         return path
     recipes = available_recipes()
+    if not recipes:
+        raise no_recipes_error()
     if name_or_path not in recipes:
         raise ThreedError(f"unknown recipe {name_or_path!r}; available: {', '.join(recipes)} "
                           f"(or give a path to a .yaml file)")
@@ -129,8 +177,9 @@ def _apply_list_overrides(base, overrides, path: str = "") -> None:
                     items[i] = patch
 
 
-def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = (), **top_level) -> RecipeConfig:
-    """Read a recipe, apply top-level values and ``KEY=VALUE`` overrides, validate it."""
+def load_recipe(name_or_path: str, overrides: Sequence[str] | Mapping[str, Any] = (), **top_level) -> RecipeConfig:
+    """Read a recipe, apply top-level values and overrides (``KEY=VALUE`` items or a mapping of dotted keys to
+    values: :func:`threed.config.parse_overrides`), validate it."""
     path = recipe_path(name_or_path)
     try:
         base = OmegaConf.load(path)
@@ -177,7 +226,7 @@ def save_config(cfg: RecipeConfig, run_dir: Path) -> None:
     write_bytes_atomic(layout.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+def load_run_config(run_dir: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> RecipeConfig:
     """The resolved recipe a run directory was started with (``config.yaml``), with ``overrides`` applied."""
     layout = RunLayout(Path(run_dir))
     if not layout.is_run:
@@ -200,20 +249,25 @@ def validate_inputs(cfg: RecipeConfig) -> None:
                           "[--mask mask.png]")
 
 
-def run_recipe(cfg: RecipeConfig, run_dir: Path, priors: PriorCache | None = None) -> dict[str, Path]:
+def run_recipe(cfg: RecipeConfig, run_dir: Path, priors: PriorCache | None = None,
+               progress: Callable[[Progress], None] | None = None) -> dict[str, Path]:
     """Run every stage of ``cfg`` in ``run_dir`` (continuing finished/partial stages), then export.
 
     ``priors`` holds the loaded priors (a worker serving many runs passes its own, so that a prior loads
-    once per worker); by default the run loads its own."""
+    once per worker); by default the run loads its own. ``progress`` is called with every stage's reports."""
     validate_inputs(cfg)
     device = resolve_device(cfg.device)
     save_config(cfg, run_dir)
     ctx = RunContext(prompt=cfg.prompt, model=cfg.model, device=device, seed=cfg.seed,
                      max_steps=cfg.max_steps, run_dir=run_dir, image=cfg.image, mask=cfg.mask, depth=cfg.depth,
-                     image_model=cfg.image_model, priors=priors or PriorCache())
+                     image_model=cfg.image_model, priors=priors or PriorCache(), progress=progress)
     ckpt: Checkpoint | None = None
+    image: Path | None = None
     for i, stage_cfg in enumerate(cfg.stages):
-        ckpt = Stage(stage_cfg, ctx, i).run(init=ckpt)
+        stage = Stage(stage_cfg, ctx, i)
+        stage.image = stage.image or image  # until its first grid, a stage's reports show the last stage's
+        ckpt = stage.run(init=ckpt)
+        image = stage.image
     assert ckpt is not None  # a recipe has at least one stage
     layout = run_layout(run_dir, cfg)
     tqdm.write(f"exporting to {layout.export.root}")

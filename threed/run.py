@@ -36,6 +36,11 @@ class StageDir:
     name: str
 
     @property
+    def run_root(self) -> Path:
+        """The run directory this stage folder is in."""
+        return self.root.parent.parent
+
+    @property
     def checkpoint(self) -> Path:
         """The stage's newest checkpoint, rewritten atomically."""
         return self.root / CHECKPOINT_FILE

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from threed.guidance.registry import GuidanceConfig
 from threed.guidance.rules.sds import SDSConfig
 from threed.guidance.text import PromptConfig
 from threed.profiling import PhaseTimer
-from threed.progress import StageProgress
+from threed.progress import Progress
 from threed.reference.losses import ReferenceConfig, ReferenceLosses
 from threed.regularizers import LossConfig
 from threed.render.output import RenderOut
@@ -97,6 +98,8 @@ class RunContext:
     """View-conditioned prior of an image-to-3D run (``zero123`` guidance)."""
     priors: PriorCache = field(default_factory=PriorCache)
     """The priors the run's stages have loaded (each once)."""
+    progress: Callable[[Progress], None] | None = None
+    """Called with each progress report as the stage writes it (the Python API's ``progress`` callback)."""
 
 
 def hand_off_level(scene: Scene, previous: Scene) -> float:
@@ -148,6 +151,9 @@ class Stage:
         """The stage's folder: checkpoint, progress, validation grids."""
         self.total_steps = cfg.steps if ctx.max_steps is None else min(cfg.steps, ctx.max_steps)
         self.sampler = CameraSampler(cfg.cameras)
+        grids = self.dir.val_images()
+        self.image: Path | None = grids[-1] if grids else None
+        """The newest validation grid the stage's reports show (its own, else one the run hands in)."""
 
     @property
     def checkpoint_path(self) -> Path:
@@ -245,12 +251,12 @@ class Stage:
             loss, g = self.train_step(tr)
             done = tr.step
             bar.update(1)
+            if cfg.val_every and (done % cfg.val_every == 0 or done == self.total_steps):
+                self.image = self.validate(tr.scene, done)
             if done % cfg.log_every == 0 or done == self.total_steps:
                 loss_value = float(loss)
                 bar.set_postfix(loss=f"{loss_value:.4g}", t=f"{g.terms.get('t', float('nan')):.2f}", refresh=False)
                 self._progress(done, loss_value, start, t0)
-            if cfg.val_every and (done % cfg.val_every == 0 or done == self.total_steps):
-                self.validate(tr.scene, done)
             if done % cfg.ckpt_every == 0 or done == self.total_steps:
                 tr.last = self._checkpoint(tr, float(loss))
         bar.close()
@@ -263,9 +269,13 @@ class Stage:
         return tr.last
 
     def _progress(self, done: int, loss: float | None, start: int, t0: float) -> None:
-        """Report the step to ``progress.json`` for watchers in other processes (:mod:`threed.progress`)."""
-        StageProgress.measure(self.cfg.name, self.index, done, self.total_steps, loss, done - start,
-                              time.perf_counter() - t0).write(self.dir)
+        """Report the step to ``progress.json`` for watchers in other processes and to the run's progress
+        callback (:mod:`threed.progress`)."""
+        report = Progress.measure(self.cfg.name, self.index, done, self.total_steps, loss, done - start,
+                                       time.perf_counter() - t0, self.image)
+        report.write(self.dir)
+        if self.ctx.progress is not None:
+            self.ctx.progress(report)
 
     def _hand_off(self, scene: Scene, init: Checkpoint) -> None:
         """Start ``scene`` from the previous stage: its weights when the representation is the same, else

@@ -18,10 +18,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from threed.api import Run
 from threed.errors import ThreedError
 from threed.files import atomic_path
-from threed.progress import StageProgress
-from threed.recipe import load_run_config, slugify
+from threed.progress import Progress
+from threed.recipe import RecipeConfig, load_run_config, slugify
 from threed.run import RunLayout
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -87,7 +88,7 @@ class RunView:
     """Stage names in recipe order."""
     job: dict = field(default_factory=dict)
     """The job file's content (state, message, times); empty for runs the app did not start."""
-    progress: StageProgress | None = None
+    progress: Progress | None = None
     """The latest report of the furthest stage that has written one."""
     preview: Path | None = None
     """The newest validation grid."""
@@ -113,35 +114,37 @@ class RunView:
 
 
 @lru_cache(maxsize=1024)
-def _prompt_and_stages(run: str, signature: tuple[int, int]) -> tuple[str, tuple[str, ...]]:
-    """The prompt and stage names of a run's ``config.yaml``, read once per version of the file.
+def _run_config(run: str, signature: tuple[int, int]) -> RecipeConfig | None:
+    """The resolved recipe of a run's ``config.yaml``, read once per version of the file.
 
     Every page listing reads every run: parsing each YAML each time cost 13 ms a run, so twenty pages
     following twenty runs kept the server busy (docs/reliability.md). ``signature`` (mtime, size) is
     the cache key that tells a rewritten file (a resume with overrides) from the one read before. A config
-    this version cannot read (or one removed meanwhile) still lists the run, with what its folder holds.
+    this version cannot read (or one removed meanwhile) gives None: the run is still listed, with what its
+    folder holds.
     """
     try:
-        cfg = load_run_config(run)
+        return load_run_config(run)
     except (ThreedError, OSError):
-        return "", ()
-    return cfg.prompt or "", tuple(s.name for s in cfg.stages)
+        return None
 
 
 def view_run(path: Path) -> RunView:
-    """Read run folder ``path`` (already checked by :func:`run_dir`) into a :class:`RunView`."""
+    """Read run folder ``path`` (already checked by :func:`run_dir`) into a :class:`RunView`.
+
+    The live progress and the preview are the Python API's (:meth:`threed.api.Run.progress`): the report
+    a ``progress`` callback gets, as the run's job process wrote it."""
     try:
         st = RunLayout(path).config.stat()
-        prompt, stages = _prompt_and_stages(str(path), (st.st_mtime_ns, st.st_size))
+        cfg = _run_config(str(path), (st.st_mtime_ns, st.st_size))
     except OSError:
-        prompt, stages = "", ()
-    layout = RunLayout(path, stages)
-    view = RunView(path=path, prompt=prompt, stages=list(stages), job=read_job(path))
-    for stage in reversed(layout.stages):
-        view.progress = view.progress or StageProgress.read(stage)
-        grids = stage.val_images()
-        view.preview = view.preview or (grids[-1] if grids else None)
-    export = layout.export
+        cfg = None
+    view = RunView(path=path, prompt=cfg.prompt if cfg else "", stages=[s.name for s in cfg.stages] if cfg else [],
+                   job=read_job(path))
+    if cfg is not None:
+        view.progress = Run(path, cfg).progress()
+        view.preview = view.progress.image if view.progress else None
+    export = RunLayout(path).export
     for kind in ("glb", "ply", "obj"):
         if export.model(kind).is_file():
             setattr(view, kind, export.model(kind))

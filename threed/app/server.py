@@ -21,15 +21,13 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from threed.app.access import Credentials, resolve_access
 from threed.app.jobs import JobQueue, QueueLimits
 from threed.app.request import JobRequest, resume_command
 from threed.app.runs import RunView, list_runs, new_run_name, obj_zip, run_dir, view_run
 from threed.app.uploads import MAX_UPLOAD_BYTES, check_upload, image_input
 from threed.errors import ThreedError
-from threed.recipe import available_recipes, save_config
+from threed.recipe import recipe_summaries, save_config
 
 POLL_S = 1.0
 """Seconds between a page's looks at its run."""
@@ -49,12 +47,8 @@ class Recipe:
 
 
 def recipes() -> list[Recipe]:
-    """The shipped recipes with their one-line descriptions and default priors."""
-    out = []
-    for name, path in available_recipes().items():
-        cfg = OmegaConf.load(path)
-        out.append(Recipe(name, str(cfg.get("description", "")), str(cfg.get("model", ""))))
-    return out
+    """The shipped recipes with their one-line descriptions and default priors (unreadable ones left out)."""
+    return [Recipe(r.name, r.description, r.model) for r in recipe_summaries() if r.problem is None]
 
 
 def duration(seconds: float | None) -> str:

@@ -104,11 +104,9 @@ def _image_problem(job: Job, recipe_cfg, recipe: str) -> str | None:
     """Why an image job cannot run with this recipe (``None`` if it can)."""
     if job.image is None or recipe_cfg.image_model is not None:
         return None
-    from omegaconf import OmegaConf
+    from threed.recipe import recipe_summaries
 
-    from threed.recipe import available_recipes
-
-    image_recipes = [n for n, p in available_recipes().items() if OmegaConf.load(p).get("image_model")]
+    image_recipes = [r.name for r in recipe_summaries() if r.image_model]
     hint = (f"use an image recipe: --recipe {' or '.join(image_recipes)}" if image_recipes else
             "this version of threed ships no image-to-3D recipe yet (see docs/batch.md)")
     return (f"{job.source}: image-to-3D is not available with recipe {recipe!r}: it has no image_model "

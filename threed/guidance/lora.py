@@ -51,6 +51,25 @@ class CameraEmbedding(torch.nn.Module):
         return self.net(features.to(self.net[0].weight.dtype))
 
 
+class _ScaledGradient(torch.autograd.Function):
+    """Identity forward; the gradient is multiplied by ``scale`` on the way back."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` unchanged, with the gradient flowing back through it multiplied by ``scale`` (a static loss scale
+    that leaves the loss value, and so its logs, as they are)."""
+    return _ScaledGradient.apply(x, scale)  # type: ignore[return-value]
+
+
 def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``module``'s module tree whose parameters and buffers are the original's tensors."""
     memo = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}

@@ -58,12 +58,18 @@ class DiffusionPrior(DiffusionCore, TextEncoder):
         if getattr(tokenizer, "pad_token", None) is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.max_length: int = token_limit(tokenizer, text_encoder)
+        self.lowercase = getattr(text_encoder.config, "model_type", "") == "t5"
+        """DeepFloyd IF (a T5 text encoder) saw lower-cased prompts: diffusers' IFPipeline lower-cases and strips
+        every prompt before tokenizing (``_text_preprocessing``), so threed does too."""
         key = None if cache_key is None else json.dumps([cache_key, self.max_length, str(dtype)])
         self.text_cache = EmbeddingCache(name, key)
 
     @property
     def tokenizers(self) -> list[Any]:
         return [self.tokenizer]
+
+    def preprocess_prompt(self, prompt: str) -> str:
+        return prompt.lower().strip() if self.lowercase else prompt
 
     def _embed(self, prompts: list[str]) -> Float[Tensor, "B L D"]:
         """The text encoder's last hidden states, prompts padded to :attr:`max_length` (T5: with its mask)."""
@@ -119,7 +125,7 @@ def load_prior(model: str, device: torch.device | str = "cpu", dtype: torch.dtyp
     :class:`LatentPrior`, otherwise a :class:`PixelPrior`.
     """
     device, dtype = default_device_dtype(device, dtype)
-    folder = resolve_model(model, PRIOR_ALIASES, REQUIRED_COMPONENTS + OPTIONAL_COMPONENTS)
+    folder = resolve_model(model, PRIOR_ALIASES, REQUIRED_COMPONENTS + OPTIONAL_COMPONENTS, fp16=dtype == torch.float16)
 
     def load() -> DiffusionPrior:
         if "transformer" in read_index(folder) and "unet" not in read_index(folder):

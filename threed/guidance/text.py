@@ -63,6 +63,10 @@ class TextEncoder:
         """The encoder's embedding of each (checked) prompt, without the cache."""
         raise NotImplementedError
 
+    def preprocess_prompt(self, prompt: str) -> str:
+        """The prompt as the model's own pipeline hands it to the tokenizer (unchanged unless a prior says)."""
+        return prompt
+
     def unknown_words(self, prompt: str) -> list[str]:
         """Words of ``prompt`` that a tokenizer can only map to its unknown token."""
         words = [(m.start(), m.end()) for m in re.finditer(r"[^\s,.;:!?]+", prompt)]  # "dragon," names "dragon"
@@ -100,9 +104,10 @@ class TextEncoder:
     def encode_text(self, prompts: list[str]) -> Float[Tensor, "B L D"]:
         """Text embeddings for each prompt, cached in memory and on disk (model + prompt).
 
-        Every prompt is checked against the vocabulary first. The empty string is allowed: it is the
-        unconditional prompt of classifier-free guidance.
+        Every prompt goes through :meth:`preprocess_prompt` (IF: lower-cased) and is checked against the
+        vocabulary first. The empty string is allowed: it is the unconditional prompt of classifier-free guidance.
         """
+        prompts = [self.preprocess_prompt(p) for p in prompts]
         todo = [p for p in dict.fromkeys(prompts) if self.text_cache.get(p) is None]
         for p in todo:
             self.check_prompt(p)
@@ -143,8 +148,15 @@ class PromptConfig:
     """Perp-Neg (Armandpour et al. 2023): add the two neighbouring view prompts as negatives, removed
     perpendicular to the positive direction. Needs view_dependent."""
     perp_neg_weight: float = 1.5
-    """Weight of a Perp-Neg negative view 90 deg or more away from the camera; it falls linearly to 0
-    at the negative view's own azimuth."""
+    """Peak weight of the Perp-Neg negatives but the back half's side view: on the front half (azimuth 0-90
+    deg) the front and side negatives each grow linearly from 0 at their own view to this 90 deg away; on the
+    back half the front negative keeps it. (threestudio's tuned curves f_fs, f_sf peak at 1.57 and f_fsb runs
+    1.57 to 1.97.)"""
+    perp_neg_back_side_weight: float = 0.394
+    """Peak weight of the side negative on the back half (azimuth 90-180 deg): 0 at the side view, growing
+    linearly to this at the back view. 0.394 is threestudio's tuned f_sb at the back view (a e^(-b r) + c with
+    (a, b, c) = (1, 0.5, -0.606), r = 0), a quarter of ``perp_neg_weight``: a back view that looks a little like
+    a side view is right, and pushing it away from the side as hard as from the front overshoots."""
 
     def __post_init__(self):
         if not (0 <= self.front_half_angle and 0 <= self.back_half_angle
@@ -153,8 +165,9 @@ class PromptConfig:
         if (self.view_interpolation or self.perp_neg) and not self.view_dependent:
             raise ValueError("view_interpolation and perp_neg need view_dependent: true (they combine the "
                              "front/side/back prompts)")
-        if not self.perp_neg_weight >= 0:
-            raise ValueError(f"perp_neg_weight must be >= 0, got {self.perp_neg_weight}")
+        for key in ("perp_neg_weight", "perp_neg_back_side_weight"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
 
 
 class PromptProcessor:
@@ -217,10 +230,12 @@ class PromptProcessor:
             cond = torch.where(overhead.view(-1, 1, 1), labelled, cond)
         negatives: tuple = ()
         if cfg.perp_neg:
-            # Front half (front -> side): negatives front and side; back half (side -> back): side and
-            # front. Weight = perp_neg_weight * min(angular distance to that view / 90 deg, 1).
-            w = cfg.perp_neg_weight * (~overhead).to(u.dtype)
-            first = (pick(front, side), w * u)
+            # Front half (front -> side): negatives front and side, each weighted perp_neg_weight * (angular
+            # distance to its view / 90 deg); back half (side -> back): side, growing to perp_neg_back_side_weight
+            # at the back, and front at perp_neg_weight.
+            shown = (~overhead).to(u.dtype)
+            w, w_side = cfg.perp_neg_weight * shown, cfg.perp_neg_back_side_weight * shown
+            first = (pick(front, side), torch.where(front_half, w, w_side) * u)
             second = (pick(side, front), w * torch.where(front_half, 1 - u, torch.ones_like(u)))
             negatives = (first, second)
         return Conditioning(cond=cond, uncond=self._uncond.expand_as(cond), negatives=negatives)

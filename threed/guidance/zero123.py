@@ -30,9 +30,10 @@ handedness). So a view at Δazimuth = +90 looks at the side of the object that a
 * diffusers conversions of Zero-1-to-3 (``bennyguo/zero123-xl-diffusers``, ``kxic/zero123-xl``,
   ``ashawkey/zero123-xl-diffusers``, ``ashawkey/stable-zero123-diffusers``): ``unet``, ``vae``,
   ``image_encoder`` (``CLIPVisionModelWithProjection``), ``feature_extractor``
-  (``CLIPImageProcessor``), ``scheduler`` and the projection as ``cc_projection`` or
-  ``clip_camera_projection``. The projection is a custom class in those repos' pipeline files, so
-  threed reads its one linear layer from the weights itself instead of importing remote code.
+  (``CLIPImageProcessor``), ``scheduler`` and the projection as ``clip_camera_projection`` (bennyguo's and
+  ashawkey's conversions) or ``cc_projection`` (diffusers' community Zero1to3 pipeline layout, kxic's).
+  The projection is a custom class in those repos' pipeline files, so threed reads its one linear layer
+  from the weights itself instead of importing remote code.
 * the embedded toy-world view prior (``image_model=toyworld``, :mod:`threed.toyworld.train_views`):
   the same layout in pixel space: ``unet`` with the reference image itself concatenated (6 channels),
   a tiny ``image_encoder`` (``CLIPVisionModelWithProjection``, trained with it) and its
@@ -44,6 +45,7 @@ handedness). So a view at Δazimuth = +90 looks at the side of the object that a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,6 +89,15 @@ def relative_pose(elevation: Float[Tensor, "B"], azimuth: Float[Tensor, "B"], di
     d_az = torch.deg2rad(az - az_r)
     last = d - d_r if convention == "zero123" else torch.deg2rad(90.0 - el_r)
     return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), last], dim=-1)
+
+
+def auto_convention(model: str) -> PoseConvention:
+    """The pose convention ``convention: auto`` picks for ``model``: ``stable-zero123`` when the repository or
+    folder name itself (the last part of the hub id or path, not the folders above it) names Stable Zero123
+    (``stable-zero123``, ``stable_zero123``, ``stablezero123``), else ``zero123``. So
+    ``ashawkey/stable-zero123-diffusers`` is Stable Zero123 and ``/data/stable-runs/zero123-xl`` is not."""
+    name = Path(model.rstrip("/\\")).name.lower()
+    return "stable-zero123" if re.search(r"stable[-_ ]?zero[-_ ]?123", name) else "zero123"
 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -286,9 +297,8 @@ def load_view_prior(model: str, device: torch.device | str = "cpu", dtype: torch
     """
     device, dtype = default_device_dtype(device, dtype)
     folder = resolve_model(model, VIEW_PRIOR_ALIASES, VIEW_COMPONENTS, key="image_model",
-                           example=EXAMPLE_VIEW_MODEL, allow_bin=True)
-    conv: PoseConvention = (("stable-zero123" if "stable" in model.lower() else "zero123")
-                            if convention == "auto" else convention)
+                           example=EXAMPLE_VIEW_MODEL, allow_bin=True, fp16=dtype == torch.float16)
+    conv: PoseConvention = auto_convention(model) if convention == "auto" else convention
 
     def load() -> ViewConditionedPrior:
         index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}

@@ -14,7 +14,7 @@ from threed.cameras import Cameras
 from threed.errors import ThreedError
 from threed.guidance.core import DiffusionCore
 from threed.guidance.distillation import NoisyBatch, ScoreConfig, ScoreDistillation
-from threed.guidance.lora import CameraLoRA, camera_features
+from threed.guidance.lora import CameraLoRA, camera_features, scale_gradient
 from threed.guidance.registry import register
 from threed.guidance.text import PromptProcessor
 from threed.guidance.timesteps import Anneal
@@ -66,6 +66,14 @@ class VSD(ScoreDistillation[DiffusionCore, PromptProcessor]):
     zero_grad/step/NaN and checkpoint logic.) Adam is invariant to the constant weights the stage
     applies (this guidance's ``weight``, ``loss.guidance``), so they do not change the adapters'
     effective learning rate.
+
+    fp16: the mean-squared loss gives each element of eps_phi's output a gradient of about 2 / numel (4e-5
+    for a batch of SD's 64 x 64 latents), under float16's smallest normal number, before the backward pass
+    through the float16 UNet, which then loses it to underflow. So the gradient entering that backward pass
+    is scaled by numel (as if the loss were summed; a static loss scale, as threestudio's gradient scaler
+    does dynamically): each element's gradient is about 2 (eps_phi - target). The loss value and its logs
+    are unchanged, and because the adapters are a group of their own in Adam, which is invariant to a
+    constant scale of a group's gradients (up to its epsilon), their updates are those of the unscaled loss.
     """
 
     cfg: VSDConfig
@@ -98,6 +106,7 @@ class VSD(ScoreDistillation[DiffusionCore, PromptProcessor]):
         keep = self.rand(b) >= self.cfg.camera_dropout
         with torch.enable_grad():
             pred = self.phi(prior.add_noise(batch.x0, noise, t), t, batch.cameras, keep, raw=True)
+            pred = scale_gradient(pred, float(pred.numel()))  # see the class docstring: fp16
             loss = F.mse_loss(pred, prior.training_target(batch.x0, noise, t))
         return {"lora": loss}
 

@@ -22,8 +22,9 @@ class Zero123Config(ScoreConfig):
     guidance_scale: float = 3.0
     """CFG scale on the image condition (Zero-1-to-3 samples at 3; threestudio distils at 3 to 5)."""
     convention: Literal["auto", "zero123", "stable-zero123"] = "auto"
-    """Pose vector the model was trained on (threed.guidance.zero123); auto: stable-zero123 when the model's
-    name contains "stable", else zero123."""
+    """Pose vector the model was trained on (threed.guidance.zero123); auto: stable-zero123 when the repository
+    or folder name itself (not the folders above it) names Stable Zero123, e.g. ashawkey/stable-zero123-diffusers,
+    else zero123 (``threed.guidance.zero123.auto_convention``). Set it when a folder's name does not say."""
 
 
 class Zero123(SDS):
