@@ -14,12 +14,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from threed.commands import (DEFAULT_IMAGE_RECIPE, DEFAULT_RECIPE, App, Batch, Command, Export, Generate, Recipes,
                              Render, parse)
 from threed.errors import ThreedError
 from threed.runtime import tune_cpu_runtime
+
+if TYPE_CHECKING:
+    from threed.checkpoint import Checkpoint
+    from threed.recipe import RecipeConfig
+    from threed.run import RunLayout
 
 
 def _split_generate_args(args: Generate) -> tuple[str | None, list[str]]:
@@ -85,13 +90,28 @@ def _existing_run_dir(path: str) -> Path:
 
 
 def cmd_export(args: Export) -> int:
-    from dataclasses import replace
-
-    from threed.recipe import export_run, last_checkpoint, load_run_config, resolve_device, run_layout
+    from threed.recipe import last_checkpoint, load_run_config, run_layout
 
     run_dir = _existing_run_dir(args.run_dir)
     cfg = load_run_config(run_dir)
-    ckpt = last_checkpoint(run_dir, cfg)
+    layout = run_layout(run_dir, cfg)
+    with layout.hold("threed export"):
+        ckpt = last_checkpoint(run_dir, cfg)
+        files = _export(args, cfg, layout, ckpt)
+    for kind, path in files.items():
+        print(f"{kind}: {path}")
+    if not ckpt.done:
+        print(f"note: exported stage {ckpt.stage!r} at step {ckpt.step}/{ckpt.total_steps} (the run is unfinished)",
+              file=sys.stderr)
+    return 0
+
+
+def _export(args: Export, cfg: RecipeConfig, layout: RunLayout, ckpt: Checkpoint) -> dict[str, Path]:
+    """Export ``ckpt`` of the run with the recipe's export settings, changed by the command's options."""
+    from dataclasses import replace
+
+    from threed.recipe import export_run, resolve_device
+
     changes = {"formats": list(args.format) if args.format else None, "grid_size": args.grid_size,
                "texture": args.texture, "texture_size": args.texture_size, "views": args.views,
                "normalize": False if args.no_normalize else None}
@@ -102,14 +122,7 @@ def cmd_export(args: Export) -> int:
         export = replace(cfg.export, **changes)
     except ValueError as exc:
         raise ThreedError(f"bad export option: {exc}") from exc
-    files = export_run(cfg, run_layout(run_dir, cfg), ckpt, resolve_device(cfg.device), export=export,
-                       video=args.video)
-    for kind, path in files.items():
-        print(f"{kind}: {path}")
-    if not ckpt.done:
-        print(f"note: exported stage {ckpt.stage!r} at step {ckpt.step}/{ckpt.total_steps} (the run is unfinished)",
-              file=sys.stderr)
-    return 0
+    return export_run(cfg, layout, ckpt, resolve_device(cfg.device), export=export, video=args.video)
 
 
 def cmd_render(args: Render) -> int:
@@ -120,10 +133,12 @@ def cmd_render(args: Render) -> int:
     run_dir = _existing_run_dir(args.run_dir)
     cfg = load_run_config(run_dir)
     device = resolve_device(cfg.device)
-    scene = Scene.from_checkpoint(last_checkpoint(run_dir, cfg), device)
-    out = Path(args.output) if args.output else run_layout(run_dir, cfg).export.turntable
-    path = write_turntable(lambda cams: scene.render_eval(cams.to(device), args.shading), out,
-                           n_frames=args.frames, resolution=args.size)
+    layout = run_layout(run_dir, cfg)
+    with layout.hold("threed render"):
+        scene = Scene.from_checkpoint(last_checkpoint(run_dir, cfg), device)
+        out = Path(args.output) if args.output else layout.export.turntable
+        path = write_turntable(lambda cams: scene.render_eval(cams.to(device), args.shading), out,
+                               n_frames=args.frames, resolution=args.size)
     print(f"video: {path}")
     return 0
 
