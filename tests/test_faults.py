@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import threed.files
+from fault_files import half_writes
 from small_recipes import TOY
 from threed.batch.index import BatchIndex, Entry
 from threed.checkpoint import Checkpoint
@@ -145,36 +146,13 @@ def test_a_second_writer_is_refused_naming_the_holder(finished_run, tmp_path, ca
     assert main(["export", str(run), "--format", "glb"]) == 0
 
 
-class _FullDisk:
-    """A file whose next write stores half its bytes and fails as on a full file system."""
-
-    def __init__(self, f):
-        self._f = f
-
-    def write(self, data) -> int:
-        data = bytes(data)
-        self._f.write(data[: len(data) // 2])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
+def _no_space() -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def fill_disk(monkeypatch, full: Callable[[Path], bool]) -> None:
     """From now on, threed's writes of files for which ``full(destination)`` is true find the disk full."""
-    def opener(file, mode="r", *args, **kwargs):
-        f = open(file, mode, *args, **kwargs)  # noqa: SIM115 - handed to the caller, which closes it
-        name = Path(file).name  # the temporary name: .<stem>.<token>.tmp<suffix>
-        destination = Path(file).with_name(name[1:].split(".")[0] + Path(file).suffix)
-        return _FullDisk(f) if "w" in mode and full(destination) else f
-
-    monkeypatch.setattr(threed.files, "open", opener, raising=False)
+    monkeypatch.setattr(threed.files, "open", half_writes(full, _no_space), raising=False)
 
 
 def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, capsys):

@@ -174,8 +174,8 @@ class RunLayout:
         """Be the one writer of this run while the block runs (the folder is made if missing).
 
         ``command`` (``threed export``) is what a refused writer is told holds the run. Temporary files that
-        a killed writer left in the stages' folders are removed once the lock is held (nobody else writes
-        there then).
+        a killed writer left in the stages' folders and the export are removed once the lock is held (only
+        the holder writes there; the app's OBJ zip, packed from finished files without the lock, is left).
         """
         with contextlib.ExitStack() as stack:
             try:
@@ -185,8 +185,10 @@ class RunLayout:
                 stop = f", or stop it (kill {pid.group(1)})" if pid else ""
                 raise ThreedError(f"{self.root} is in use: {exc.holder} is writing it. Wait for it to finish{stop}, "
                                   f"then run this again") from None
-            for tmp in stale_temporaries(self.root / "stages"):
-                tmp.unlink(missing_ok=True)
+            zip_tmp = f".{self.export.obj_zip.stem}."  # the app packs that one without the lock
+            for tmp in stale_temporaries(self.root / "stages") + stale_temporaries(self.export.root):
+                if not tmp.name.startswith(zip_tmp):
+                    tmp.unlink(missing_ok=True)
             yield
 
     def holder(self) -> str | None:
