@@ -124,16 +124,16 @@ def run_one(run: dict[str, Any], threads: int | None) -> dict[str, Any]:
         finally:
             os._exit(code)
     kill = run.get("kill") or {}
+    done, status = 0, 0
     if kill.get("at") == "timer":
         deadline = time.monotonic() + float(kill["delay"])
-        while time.monotonic() < deadline:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
+        while not done and time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
             time.sleep(0.005)
-        else:
+        if not done:
             os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
+    if not done:
+        _, status = os.waitpid(pid, 0)
     wall_s = round(time.monotonic() - start, 2)
     if os.WIFSIGNALED(status):
         return {"signal": signal.Signals(os.WTERMSIG(status)).name, "wall_s": wall_s}

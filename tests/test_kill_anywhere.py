@@ -106,10 +106,11 @@ def steps_done(run: Path) -> int:
 
 
 def draw_kill(rng: random.Random, run: Path, at: str | None = None) -> dict[str, Any]:
-    """A kill at a random moment of the next run: ``at``, else a point of training while the stage still
-    trains (and the timer, which lands anywhere), then of the export."""
+    """A kill at a random moment of the next run: ``at``, else, while the stage still trains, a point of
+    training two times in three (a timer or an export kill lets the rest of the training go by), then any
+    point."""
     left = STEPS - steps_done(run)
-    at = at or rng.choice((*TRAINING, "timer") if left else ANYTIME)
+    at = at or rng.choice(TRAINING * 2 + ANYTIME if left else ANYTIME)
     if at == "timer":
         return {"at": at, "delay": round(rng.uniform(0.0, 2.5), 3)}
     if at in TRAINING:
