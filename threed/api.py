@@ -158,8 +158,9 @@ class Run:
         export = self._export_config(grid_size, faces, formats=list(formats) if formats else None, texture=texture,
                                      texture_size=texture_size, views=views, normalize=normalize)
         device = resolve_device(self.config.device)
-        self.files = export_run(self.config, self._layout, last_checkpoint(self.path, self.config), device,
-                                export=export, video=video)
+        with self._layout.hold("threed export"):  # one writer at a time (a run or another export is refused)
+            self.files = export_run(self.config, self._layout, last_checkpoint(self.path, self.config), device,
+                                    export=export, video=video)
         return self.files
 
     def export(self, format: str = "glb", *, faces: int | None = None, grid_size: int | None = None,
