@@ -39,3 +39,11 @@ def small(recipe: str) -> list[str]:
         else:
             extra += [f"stages.{i}.scene.renderer.num_samples=16"]
     return SMALL + extra
+
+
+TOY = (["max_steps=4", "stages.0.render_size=16", "stages.0.ckpt_every=2", "stages.0.val_every=0",
+        "stages.0.cameras.batch_size=1", "stages.0.scene.renderer.num_samples=16"]
+       + [f"stages.0.scene.geometry.encoding.{e}" for e in ENCODING]
+       + ["export.video=false", "export.views=0", "export.texture=vertex", "export.grid_size=24", "export.formats=[glb]"])
+"""The quickstart recipe (toy-world prior, no download) cut to 4 steps at 16 px, checkpoints at steps 2 and 4:
+about a second of training on a CPU."""

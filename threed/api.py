@@ -32,6 +32,7 @@ from threed.errors import ThreedError
 from threed.export.formats import FORMATS
 from threed.export.pipeline import ExportConfig, build_assets
 from threed.export.video import render_frames, turntable_cameras
+from threed.guidance.loading import PriorCache
 from threed.progress import Progress
 from threed.recipe import (RecipeConfig, default_run_dir, export_run, last_checkpoint, load_recipe, load_run_config,
                            resolve_device, run_layout, run_recipe)
@@ -122,9 +123,11 @@ class Run:
         self._go(progress)
         return self
 
-    def _go(self, progress: ProgressCallback | None) -> None:
+    def _go(self, progress: ProgressCallback | None, priors: PriorCache | None = None) -> None:
+        """Run the recipe to the end and export; ``priors``: a prior cache kept across runs (internal: the batch
+        runner's workers pass theirs, so a prior loads once per worker)."""
         print(f"run directory: {self.path}", file=sys.stderr)
-        self.files = run_recipe(self.config, self.path, progress=progress)
+        self.files = run_recipe(self.config, self.path, priors=priors, progress=progress)
 
     def _scene(self) -> Scene:
         return Scene.from_checkpoint(last_checkpoint(self.path, self.config), resolve_device(self.config.device))
@@ -158,8 +161,9 @@ class Run:
         export = self._export_config(grid_size, faces, formats=list(formats) if formats else None, texture=texture,
                                      texture_size=texture_size, views=views, normalize=normalize)
         device = resolve_device(self.config.device)
-        self.files = export_run(self.config, self._layout, last_checkpoint(self.path, self.config), device,
-                                export=export, video=video)
+        with self._layout.hold("threed export"):  # one writer at a time (a run or another export is refused)
+            self.files = export_run(self.config, self._layout, last_checkpoint(self.path, self.config), device,
+                                    export=export, video=video)
         return self.files
 
     def export(self, format: str = "glb", *, faces: int | None = None, grid_size: int | None = None,

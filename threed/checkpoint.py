@@ -1,11 +1,14 @@
 """Typed checkpoints: how a stage saves itself, resumes, and hands its geometry to the next stage.
 
 A checkpoint file is written atomically (:mod:`threed.files`), so the last good
-checkpoint survives a crash, a NaN, or Ctrl-C in the middle of a save.
+checkpoint survives a crash, a NaN, or Ctrl-C in the middle of a save. A stage keeps the checkpoint
+before it too (``prev.pt`` beside ``last.pt``): :func:`read_stage_checkpoint` falls back to it, with a
+warning naming its step, when ``last.pt`` is damaged later (a disk error, a copy cut short).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,8 +19,10 @@ import torch
 
 from threed.errors import ThreedError
 from threed.files import save_torch_atomic
+from threed.run import StageDir
 
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,8 +56,9 @@ class Checkpoint:
     def done(self) -> bool:
         return self.step >= self.total_steps
 
-    def save(self, path: str | Path) -> None:
-        save_torch_atomic(asdict(self), path)
+    def save(self, path: str | Path, previous: str | Path | None = None) -> None:
+        """Write atomically to ``path``; ``previous`` keeps the checkpoint it replaces (``prev.pt``)."""
+        save_torch_atomic(asdict(self), path, previous)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "Checkpoint":
@@ -67,6 +73,28 @@ class Checkpoint:
             raise ThreedError(f"{path} is not a threed checkpoint of format {FORMAT_VERSION} (with its scene's "
                               f"config); rerun its stage to write one")
         return cls(**data)
+
+
+def read_stage_checkpoint(stage: StageDir, map_location: str | torch.device = "cpu") -> tuple[Checkpoint, Path]:
+    """The newest readable checkpoint of ``stage`` and the file it came from.
+
+    ``last.pt``; when that one cannot be read (or is missing) but ``prev.pt`` can, ``prev.pt``, with a
+    warning that names its step. When neither can, the error names both.
+    """
+    try:
+        return Checkpoint.load(stage.checkpoint, map_location), stage.checkpoint
+    except ThreedError as last_error:
+        if not stage.previous_checkpoint.is_file():
+            raise
+        try:
+            ckpt = Checkpoint.load(stage.previous_checkpoint, map_location)
+        except ThreedError as prev_error:
+            raise ThreedError(f"{last_error}; and the previous checkpoint cannot be used either: {prev_error}. "
+                              f"Rerun the stage (move {stage.root} away)") from prev_error
+        log.warning("warning: %s; using the previous checkpoint %s instead, from step %d of %d: the steps after "
+                    "step %d are lost (a resume runs them again)", last_error, stage.previous_checkpoint, ckpt.step,
+                    ckpt.total_steps, ckpt.step)
+        return ckpt, stage.previous_checkpoint
 
 
 def capture_rng() -> dict[str, Any]:

@@ -14,12 +14,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from threed.commands import App, Batch, Command, Doctor, Export, Generate, Recipes, Render, parse
 from threed.errors import ThreedError
 from threed.run import RunLayout
 from threed.runtime import tune_cpu_runtime
+
+if TYPE_CHECKING:
+    from threed.checkpoint import Checkpoint
+    from threed.recipe import RecipeConfig
+    from threed.run import RunLayout
 
 
 def _split_generate_args(args: Generate) -> tuple[str | None, list[str]]:
@@ -71,8 +76,10 @@ def cmd_render(args: Render) -> int:
     from threed.export.video import write_video
 
     run = Run.load(args.run_dir)
-    out = Path(args.output) if args.output else RunLayout(run.path).export.turntable
-    path = write_video(run.render(args.frames, args.size, args.shading), out)
+    layout = RunLayout(run.path)
+    with layout.hold("threed render"):
+        out = Path(args.output) if args.output else layout.export.turntable
+        path = write_video(run.render(args.frames, args.size, args.shading), out)
     print(f"video: {path}")
     return 0
 

@@ -9,6 +9,7 @@ directory again continues where it stopped (``threed generate --resume RUN_DIR``
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,11 +21,11 @@ import yaml
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from threed.checkpoint import Checkpoint
+from threed.checkpoint import Checkpoint, read_stage_checkpoint
 from threed.config import build, parse_overrides, to_dict
 from threed.errors import ThreedError
 from threed.export.pipeline import ExportConfig, export_checkpoint
-from threed.files import write_bytes_atomic
+from threed.files import DiskFullError, write_bytes_atomic
 from threed.guidance.loading import DEFAULT_TEXT_MODEL, PriorCache
 from threed.progress import Progress
 from threed.run import RunLayout
@@ -253,25 +254,46 @@ def run_recipe(cfg: RecipeConfig, run_dir: Path, priors: PriorCache | None = Non
                progress: Callable[[Progress], None] | None = None) -> dict[str, Path]:
     """Run every stage of ``cfg`` in ``run_dir`` (continuing finished/partial stages), then export.
 
+    The run holds ``run_dir``'s lock throughout (:meth:`RunLayout.hold`), so a second writer is refused. A new
+    run builds its first stage -- the prior, and the prompt's words checked against it -- before it makes
+    ``run_dir``, so a run that fails validation leaves nothing behind.
+
     ``priors`` holds the loaded priors (a worker serving many runs passes its own, so that a prior loads
     once per worker); by default the run loads its own. ``progress`` is called with every stage's reports."""
     validate_inputs(cfg)
     device = resolve_device(cfg.device)
-    save_config(cfg, run_dir)
     ctx = RunContext(prompt=cfg.prompt, model=cfg.model, device=device, seed=cfg.seed,
                      max_steps=cfg.max_steps, run_dir=run_dir, image=cfg.image, mask=cfg.mask, depth=cfg.depth,
                      image_model=cfg.image_model, priors=priors or PriorCache(), progress=progress)
-    ckpt: Checkpoint | None = None
-    image: Path | None = None
-    for i, stage_cfg in enumerate(cfg.stages):
-        stage = Stage(stage_cfg, ctx, i)
-        stage.image = stage.image or image  # until its first grid, a stage's reports show the last stage's
-        ckpt = stage.run(init=ckpt)
-        image = stage.image
-    assert ckpt is not None  # a recipe has at least one stage
     layout = run_layout(run_dir, cfg)
-    tqdm.write(f"exporting to {layout.export.root}")
-    return export_run(cfg, layout, ckpt, device)
+    stages = [Stage(stage_cfg, ctx, i) for i, stage_cfg in enumerate(cfg.stages)]
+    resuming = layout.is_run
+    first = None if resuming else stages[0].setup()  # a new run: validate before anything is written
+    made = not layout.root.exists()
+    with layout.hold("threed generate"):
+        if not resuming:
+            _start(cfg, layout, made)
+        ckpt: Checkpoint | None = None
+        image: Path | None = None
+        for stage in stages:
+            stage.image = stage.image or image  # until its first grid, a stage's reports show the last stage's
+            ckpt = stage.run(init=ckpt, prepared=first if stage.index == 0 else None)
+            image = stage.image
+        assert ckpt is not None  # a recipe has at least one stage
+        tqdm.write(f"exporting to {layout.export.root}")
+        return export_run(cfg, layout, ckpt, device)
+
+
+def _start(cfg: RecipeConfig, layout: RunLayout, made: bool) -> None:
+    """Write a new run's ``config.yaml`` (the lock is held); a folder this run made goes again if that fails."""
+    if layout.is_run:  # another process started a run here while this one was validating
+        raise ThreedError(f"{layout.root} already holds a run; continue it with --resume {layout.root}")
+    try:
+        save_config(cfg, layout.root)
+    except BaseException:
+        if made:
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
 
 
 def export_run(cfg: RecipeConfig, layout: RunLayout, ckpt: Checkpoint, device: torch.device,
@@ -287,14 +309,20 @@ def export_run(cfg: RecipeConfig, layout: RunLayout, ckpt: Checkpoint, device: t
         earlier = layout.stages[:stage.index] if stage is not None else layout.stages
         source = next((s for s in reversed(earlier) if cfg.stages[s.index].scene.kind == "gaussian"
                        and s.has_checkpoint), None)
-        gaussians = Checkpoint.load(source.checkpoint) if source is not None else None
-    return export_checkpoint(ckpt, layout.export, export or cfg.export, device, video, gaussians)
+        gaussians = read_stage_checkpoint(source)[0] if source is not None else None
+    try:
+        return export_checkpoint(ckpt, layout.export, export or cfg.export, device, video, gaussians)
+    except DiskFullError as exc:
+        raise ThreedError(f"the export of {layout.root} stopped: {exc}. The files written before it are new, the "
+                          f"rest as they were, and the checkpoints are intact: once there is space, run "
+                          f"threed export {layout.root}") from exc
 
 
 def last_checkpoint(run_dir: str | Path, cfg: RecipeConfig) -> Checkpoint:
-    """The newest checkpoint of a run: the last stage that wrote one (finished or interrupted)."""
+    """The newest checkpoint of a run: the last stage that wrote one (finished or interrupted), from its
+    ``last.pt``, or its ``prev.pt`` with a warning when ``last.pt`` is damaged."""
     stage = run_layout(run_dir, cfg).latest_checkpoint()
     if stage is None:
         raise ThreedError(f"{run_dir} has no checkpoint yet: let `threed generate` run at least "
                           f"{cfg.stages[0].ckpt_every} steps, or resume it with --resume {run_dir}")
-    return Checkpoint.load(stage.checkpoint)
+    return read_stage_checkpoint(stage)[0]

@@ -3,9 +3,11 @@
 ::
 
     RUN/
+      .lock                       held (fcntl.flock) by the one process writing the run, naming its pid
       config.yaml                 the fully resolved recipe (what --resume and export read)
       stages/<i>-<name>/          one folder per stage, in recipe order
         last.pt                   the stage's newest checkpoint (threed.checkpoint)
+        prev.pt                   the one before it, the fallback when last.pt is damaged
         progress.json             live progress for watchers in other processes (threed.progress)
         val/step-<step>.png       validation grids
       export/                     what the export writes (threed.export.pipeline)
@@ -14,17 +16,27 @@
 
 Everything that reads or writes a run -- the stage loop, the recipe runner, the export pipeline, the
 web app and the batch runner -- asks a :class:`RunLayout` for its paths instead of joining strings.
-A layout only names paths: it reads no file but to say whether one exists.
+A layout names paths (it reads no file but to say whether one exists) and holds the run's lock: whoever
+writes a run (a run or resume, an export, a turntable render, a batch job) holds it for as long as it
+writes, and a second writer is refused with the holder's pid (:meth:`RunLayout.hold`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from threed.errors import ThreedError
+from threed.files import LockedError, exclusive_lock, lock_holder, stale_temporaries
+
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "last.pt"
+PREVIOUS_CHECKPOINT_FILE = "prev.pt"
 PROGRESS_FILE = "progress.json"
+LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,11 @@ class StageDir:
         return self.root / CHECKPOINT_FILE
 
     @property
+    def previous_checkpoint(self) -> Path:
+        """The checkpoint before :attr:`checkpoint`: kept for when that one is damaged."""
+        return self.root / PREVIOUS_CHECKPOINT_FILE
+
+    @property
     def progress(self) -> Path:
         return self.root / PROGRESS_FILE
 
@@ -63,7 +80,8 @@ class StageDir:
 
     @property
     def has_checkpoint(self) -> bool:
-        return self.checkpoint.is_file()
+        """Whether the stage has written a checkpoint (the newest, or the one before it)."""
+        return self.checkpoint.is_file() or self.previous_checkpoint.is_file()
 
 
 @dataclass(frozen=True)
@@ -151,3 +169,33 @@ class RunLayout:
     @property
     def export(self) -> ExportDir:
         return ExportDir(self.root / "export")
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @contextlib.contextmanager
+    def hold(self, command: str) -> Iterator[None]:
+        """Be the one writer of this run while the block runs (the folder is made if missing).
+
+        ``command`` (``threed export``) is what a refused writer is told holds the run. Temporary files that
+        a killed writer left in the stages' folders and the export are removed once the lock is held (only
+        the holder writes there; the app's OBJ zip, packed from finished files without the lock, is left).
+        """
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(exclusive_lock(self.lock, command))
+            except LockedError as exc:
+                pid = re.match(r"pid (\d+)", exc.holder)
+                stop = f", or stop it (kill {pid.group(1)})" if pid else ""
+                raise ThreedError(f"{self.root} is in use: {exc.holder} is writing it. Wait for it to finish{stop}, "
+                                  f"then run this again") from None
+            zip_tmp = f".{self.export.obj_zip.stem}."  # the app packs that one without the lock
+            for tmp in stale_temporaries(self.root / "stages") + stale_temporaries(self.export.root):
+                if not tmp.name.startswith(zip_tmp):
+                    tmp.unlink(missing_ok=True)
+            yield
+
+    def holder(self) -> str | None:
+        """Who is writing the run now (``pid 123 (threed generate)``), or None."""
+        return lock_holder(self.lock) if self.lock.is_file() else None

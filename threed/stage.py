@@ -17,11 +17,12 @@ import torch
 from tqdm import tqdm
 
 from threed.cameras import CameraSampler, CameraSamplerConfig
-from threed.checkpoint import Checkpoint, capture_rng, restore_rng
+from threed.checkpoint import Checkpoint, capture_rng, read_stage_checkpoint, restore_rng
 from threed.config import to_dict
 from threed.errors import ThreedError
 from threed.export.isosurface import extract_mesh
 from threed.export.video import write_grid
+from threed.files import DiskFullError
 from threed.guidance.build import GuidanceInputs, build_guidances
 from threed.guidance.combined import GuidanceSet
 from threed.guidance.distillation import GuidanceOut
@@ -154,6 +155,9 @@ class Stage:
         grids = self.dir.val_images()
         self.image: Path | None = grids[-1] if grids else None
         """The newest validation grid the stage's reports show (its own, else one the run hands in)."""
+        self._keep_previous = True
+        """Whether a new checkpoint keeps the one on disk as ``prev.pt``: not when that one is damaged (the
+        stage resumed from ``prev.pt``), so the good previous checkpoint is never replaced by a bad one."""
 
     @property
     def checkpoint_path(self) -> Path:
@@ -166,7 +170,10 @@ class Stage:
         Returns the training state and the checkpoint it resumed from (None for a fresh start).
         """
         cfg, ctx = self.cfg, self.ctx
-        resume = Checkpoint.load(self.checkpoint_path) if self.checkpoint_path.exists() else None
+        resume = None
+        if self.dir.has_checkpoint:
+            resume, source = read_stage_checkpoint(self.dir)
+            self._keep_previous = source == self.dir.checkpoint
         torch.manual_seed(ctx.seed + 1000 * self.index)
         scene = Scene(cfg.scene).to(ctx.device)
         if resume is None and init is not None:
@@ -235,10 +242,14 @@ class Stage:
         tr.step = step + 1
         return loss.detach(), g
 
-    def run(self, init: Checkpoint | None = None) -> Checkpoint:
-        """Run (or resume) the stage; ``init`` is the previous stage's final checkpoint, if any."""
+    def run(self, init: Checkpoint | None = None,
+            prepared: tuple["Training", Checkpoint | None] | None = None) -> Checkpoint:
+        """Run (or resume) the stage; ``init`` is the previous stage's final checkpoint, if any.
+
+        ``prepared``: what :meth:`setup` returned, when the caller set the stage up first (a new run builds its
+        first stage, and so checks the prompt against the prior, before it makes the run directory)."""
         cfg = self.cfg
-        tr, resume = self.setup(init)
+        tr, resume = prepared or self.setup(init)
         if resume is not None and resume.step >= self.total_steps:
             return resume
         tr.last = resume
@@ -299,14 +310,23 @@ class Stage:
                           optimizer=tr.optimizer.state_dict(), guidance=tr.guidance.state_dict(),
                           rng={"global": capture_rng(), "stage": tr.rng.getstate(), "cameras": tr.cameras.get_state(),
                                "guidance": tr.noise.get_state()}, loss=loss)
-        ckpt.save(self.checkpoint_path)
+        try:
+            ckpt.save(self.dir.checkpoint, self.dir.previous_checkpoint if self._keep_previous else None)
+        except DiskFullError as exc:
+            raise ThreedError(f"stage {self.cfg.name!r}: the checkpoint of step {tr.step} could not be written: "
+                              f"{exc}. {self._kept(tr.last)}; once there is space, continue with --resume "
+                              f"{self.ctx.run_dir}") from exc
+        self._keep_previous = True
         return ckpt
 
+    def _kept(self, ckpt: Checkpoint | None) -> str:
+        where = self.dir.checkpoint if self._keep_previous else self.dir.previous_checkpoint  # where it was read from
+        return f"The last good checkpoint (step {ckpt.step}) is kept at {where}" if ckpt else \
+            "No checkpoint had been written yet"
+
     def _nan_stop(self, step: int, what: str, ckpt: Checkpoint | None) -> None:
-        kept = (f"the last good checkpoint (step {ckpt.step}) is kept at {self.checkpoint_path}" if ckpt
-                else "no checkpoint had been written yet")
-        raise ThreedError(f"stage {self.cfg.name!r}: the {what} became NaN/inf at step {step + 1}; stopped, and "
-                          f"{kept}. Lower the learning rates (optimizer.*) or the guidance scale, then "
+        raise ThreedError(f"stage {self.cfg.name!r}: the {what} became NaN/inf at step {step + 1}; stopped. "
+                          f"{self._kept(ckpt)}. Lower the learning rates (optimizer.*) or the guidance scale, then "
                           f"resume with --resume {self.ctx.run_dir}")
 
     def validate(self, scene: Scene, step: int) -> Path:

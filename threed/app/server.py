@@ -28,6 +28,7 @@ from threed.app.runs import RunView, list_runs, new_run_name, obj_zip, run_dir, 
 from threed.app.uploads import MAX_UPLOAD_BYTES, check_upload, image_input
 from threed.errors import ThreedError
 from threed.recipe import recipe_summaries, save_config
+from threed.run import RunLayout
 
 POLL_S = 1.0
 """Seconds between a page's looks at its run."""
@@ -108,6 +109,9 @@ class App:
             raise ThreedError(f"run {name!r} is already {live.state}")
         if view_run(path).state == "done":
             raise ThreedError(f"run {name!r} is finished; there is nothing to resume")
+        holder = RunLayout(path).holder()
+        if holder is not None:  # a command-line run, export or batch job outside this queue
+            raise ThreedError(f"run {name!r} is in use: {holder} is writing it; resume it once that has finished")
         self.queue.submit(name, resume_command(path), client)
         return name
 

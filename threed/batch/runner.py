@@ -11,7 +11,6 @@ runs, so two batches never write the same folder. A job that crashes, or whose w
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import sys
@@ -28,6 +27,7 @@ from threed.batch.index import BatchIndex, Entry
 from threed.batch.jobs import Job
 from threed.batch.worker import LOG_NAME, Task
 from threed.errors import ThreedError
+from threed.files import LockedError, exclusive_lock
 
 LOCK_NAME = ".batch.lock"
 
@@ -84,19 +84,12 @@ def _locked(out: Path) -> Iterator[None]:
     """Hold ``out/.batch.lock`` (released by the kernel if this process dies) or say who holds it."""
     if out.exists() and not out.is_dir():
         raise ThreedError(f"--out {out} is a file; the batch needs a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_NAME, "a+") as lock:
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            raise ThreedError(f"another threed batch ({holder}) is running in {out}; wait for it to finish or "
+            stack.enter_context(exclusive_lock(out / LOCK_NAME, "threed batch"))
+        except LockedError as exc:
+            raise ThreedError(f"another threed batch ({exc.holder}) is running in {out}; wait for it to finish or "
                               f"choose another --out") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()}")
-        lock.flush()
         yield
 
 

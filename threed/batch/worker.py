@@ -69,7 +69,8 @@ def output_to(path: Path) -> Iterator[None]:
 
 
 def _generate(task: Task, priors: Any = None) -> dict[str, Any]:
-    from threed.recipe import last_checkpoint, load_recipe, load_run_config, run_recipe
+    from threed.api import Run
+    from threed.recipe import last_checkpoint, load_recipe, load_run_config
 
     run_dir = Path(task.run_dir)
     result: dict[str, Any] = {}
@@ -84,8 +85,9 @@ def _generate(task: Task, priors: Any = None) -> dict[str, Any]:
         print(f"threed batch: resuming {run_dir} ({result.get('resumed_from', 'no checkpoint yet')})")
     else:
         cfg = load_recipe(task.recipe, task.overrides, prompt=task.job.prompt, image=task.job.image)
-    files = run_recipe(cfg, run_dir, priors)
-    result["files"] = {kind: str(path) for kind, path in files.items()}
+    run = Run(run_dir, cfg)
+    run._go(None, priors)  # the API's run, with the worker's prior cache (one load per worker)
+    result["files"] = {kind: str(path) for kind, path in run.files.items()}
     return result
 
 
