@@ -18,7 +18,7 @@ same measures (:mod:`threed.toyworld.score`, :mod:`threed.toyworld.fidelity`):
 * ``OUT/scores.json``: per prompt and seed, the SDS run's scores, generation wall time and scoring time;
 * ``OUT/summary.md``: fidelity per seed and over all seeds (mean / worst F@0.05, mean F@0.02, height/width
   error, colour Delta E, pieces), one row per prompt, then the nearest-class marks (colour / shape);
-* ``OUT/contact_sheet.png``: one turntable frame per prompt (``--view-azimuth``, default a front
+* ``OUT/contact_sheet.png``: one turntable frame per prompt (the exported mesh without a turntable; ``--view-azimuth``, default a front
   three-quarter view), rows = shape x seed, columns = colour, each tile labelled with its F-scores;
 * with ``ceiling`` or ``prior``: ``OUT/ladder.json``, ``OUT/ladder.md`` (the rungs side by side) and
   ``OUT/ladder.png`` (per prompt: truth, prior samples, ceiling asset, SDS asset).
@@ -322,7 +322,10 @@ def contact_sheet(jobs: list[Job], entries: dict, out: Path, azimuth: float) -> 
         if job.shape is None and len(tiles) % ncols and (i == 0 or jobs[i - 1].shape is not None):
             blank = np.full_like(tiles[-1], 255)
             tiles += [blank] * (ncols - len(tiles) % ncols)  # other prompts start on a fresh row
-        tiles.append(tile(job, entries.get(job.key), turntable_frame(job.run_dir(out), azimuth)))
+        frame = turntable_frame(job.run_dir(out), azimuth)
+        if frame is None:  # no turntable (export.video=false): the scored mesh itself, at the display camera
+            frame = asset_image(job.run_dir(out))
+        tiles.append(tile(job, entries.get(job.key), frame))
     return write_grid(tiles, out / "contact_sheet.png", ncols=ncols)
 
 

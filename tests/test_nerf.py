@@ -118,3 +118,49 @@ def test_config_from_plain_data():
         build(NeRFFieldConfig, {"density_activation": "relu"})
     with pytest.raises(ThreedError, match="radius"):
         build(NeRFFieldConfig, {"radius": -1.0})
+
+
+def test_sdf_field_starts_as_the_sphere_with_volsdf_density():
+    f = field(field="sdf", sdf_init_radius=0.4, beta_start=0.05)
+    x = torch.nn.functional.normalize(torch.randn(64, 3), dim=1) * torch.rand(64, 1) * 0.9
+    assert torch.allclose(f.sdf(x), x.norm(dim=1, keepdim=True) - 0.4, atol=1e-6)  # the sphere exactly
+    # VolSDF: half the peak density 1 / beta on the surface, Laplace tails either side
+    on = torch.tensor([[0.4, 0.0, 0.0]])
+    assert torch.allclose(f.density(on), torch.tensor([[0.5 / 0.05]]))
+    deep, far = f.density(torch.zeros(1, 3)), f.density(torch.tensor([[0.0, 0.8, 0.0]]))
+    assert torch.allclose(deep, torch.tensor([[(1 - 0.5 * torch.exp(torch.tensor(-0.4 / 0.05))) / 0.05]]))
+    assert torch.allclose(far, torch.tensor([[0.5 * torch.exp(torch.tensor(-0.4 / 0.05)) / 0.05]]))
+    n = f.normal(x[x.norm(dim=1) > 0.1])
+    radial = torch.nn.functional.normalize(x[x.norm(dim=1) > 0.1], dim=1)
+    assert ((n * radial).sum(1) > 0.99).all()  # normals point out of the sphere
+
+
+def test_sdf_sharpness_follows_its_schedule_and_is_saved():
+    f = field(field="sdf", beta_start=0.1, beta_end=0.01, beta_steps=100)
+    f.update(0)
+    assert float(f.beta) == pytest.approx(0.1)
+    f.update(50)
+    assert float(f.beta) == pytest.approx(0.1 ** 0.5 * 0.01 ** 0.5)  # geometric halfway
+    f.update(500)
+    assert float(f.beta) == pytest.approx(0.01)
+    assert "beta" in f.state_dict()
+    assert "beta" not in field().state_dict()  # density fields keep their checkpoint layout
+
+
+def test_eikonal_term_is_zero_for_a_distance_and_trains_towards_one():
+    f = field(field="sdf")
+    x = torch.rand(256, 3) * 2 - 1
+    assert float(f.eikonal(x).detach()) < 1e-8  # |x| - r has a unit gradient
+    with torch.no_grad():  # break the distance: a rough offset on top of the sphere
+        for p in f.encoding.parameters():
+            p.normal_(0.0, 1.0)
+        f.mlp[-1].weight[0].normal_(0.0, 1.0)
+    before = float(f.eikonal(x).detach())
+    opt = torch.optim.Adam(f.parameters(), lr=1e-2)
+    for _ in range(50):
+        opt.zero_grad()
+        f.eikonal(x).backward()
+        opt.step()
+    assert before > 0.01 and float(f.eikonal(x).detach()) < 0.5 * before
+    with pytest.raises(ThreedError, match="set geometry.field=sdf"):
+        field().eikonal(x)

@@ -5,7 +5,7 @@ import torch
 
 from threed.config import build
 from threed.errors import ThreedError
-from threed.regularizers import LossConfig, NormalConsistency, Opaque, Orientation, Sparsity
+from threed.regularizers import Eikonal, LossConfig, NormalConsistency, Opaque, Orientation, Sparsity
 from threed.render.output import RenderOut
 
 
@@ -53,3 +53,23 @@ def test_a_weighted_term_the_renderer_does_not_compute_is_an_error():
     with pytest.raises(ThreedError, match="loss.normal_consistency.*mesh renderer"):
         LossConfig(orient=Orientation(0.0), normal_consistency=NormalConsistency(1.0)).total(
             torch.tensor(1.0), render(torch.full((1, 2, 2, 1), 0.5)))
+
+
+def test_eikonal_term_comes_from_a_volume_render_of_an_sdf_field_only():
+    from threed.cameras import CameraSampler, CameraSamplerConfig
+    from threed.geometry.encoding import HashGridConfig
+    from threed.geometry.nerf import NeRFField, NeRFFieldConfig
+    from threed.render.background import Background, BackgroundConfig
+    from threed.render.volume import VolumeRenderer, VolumeRendererConfig
+
+    grid = HashGridConfig(n_levels=2, log2_hashmap_size=10, base_resolution=4, max_resolution=16)
+    cams = CameraSampler(CameraSamplerConfig(batch_size=1)).sample(8, 8, generator=torch.Generator().manual_seed(0))
+    outs = {}
+    for kind in ("density", "sdf"):
+        renderer = VolumeRenderer(VolumeRendererConfig(num_samples=8, eikonal_samples=64),
+                                  NeRFField(NeRFFieldConfig(encoding=grid, field=kind)), Background(BackgroundConfig()))
+        outs[kind] = renderer.train()(cams)
+    loss = LossConfig(guidance=0.0, orient=Orientation(weight=0.0), eikonal=Eikonal(weight=1.0))
+    assert outs["sdf"].eikonal is not None and float(loss.total(torch.zeros(()), outs["sdf"]).detach()) >= 0.0
+    with pytest.raises(ThreedError, match="loss.eikonal has weight 1.0.*SDF field"):
+        loss.total(torch.zeros(()), outs["density"])

@@ -14,6 +14,9 @@ Terms, with the papers they come from:
   threestudio's sparsity term): discourages fog and floaters.
 * :class:`Opaque` -- binary entropy of opacity (Magic3D, Lin et al., CVPR 2023, and threestudio's
   ``opaque`` term): pushes each pixel to fully empty or fully opaque.
+* :class:`Eikonal` -- ``(|grad sdf| - 1)^2`` at random points (Gropp et al., "Implicit Geometric
+  Regularization", ICML 2020; NeuS and VolSDF train with it): keeps an SDF field a distance, so its
+  VolSDF density has one sharp level; the volume renderer computes it over an SDF field.
 * :class:`NormalConsistency` -- mean ``1 - cos`` between neighbouring face normals (a mesh Laplacian-style
   smoothness prior, as in Fantasia3D and Magic3D's refinement stages); the mesh renderer computes it.
 """
@@ -94,6 +97,18 @@ class Opaque(Regularizer):
 
 
 @dataclass
+class Eikonal(Regularizer):
+    """The eikonal term of an SDF field (computed by the volume renderer when ``geometry.field`` is sdf)."""
+
+    name: ClassVar[str] = "eikonal"
+    weight: float = 0.0
+    """Weight in the stage's loss; 0 turns the term off. SDF stages use about 1."""
+
+    def __call__(self, out: RenderOut) -> Float[Tensor, ""]:
+        return self._needs(out.eikonal, "volume renderer over an SDF field (geometry.field=sdf)")
+
+
+@dataclass
 class NormalConsistency(Regularizer):
     """Mean ``1 - cos`` between neighbouring face normals (computed by the mesh renderer)."""
 
@@ -121,13 +136,16 @@ class LossConfig:
     """Discourages fog and floaters."""
     opaque: Opaque = field(default_factory=Opaque)
     """Pushes each pixel to fully empty or fully opaque."""
+    eikonal: Eikonal = field(default_factory=Eikonal)
+    """SDF fields: keeps the network a signed distance."""
     normal_consistency: NormalConsistency = field(default_factory=NormalConsistency)
     """Mesh stages: keeps a refined surface smooth."""
 
     @property
     def regularizers(self) -> list[Regularizer]:
         """The regularisers with a non-zero weight, in the order they are summed."""
-        terms: list[Regularizer] = [self.sparsity, self.opaque, self.orient, self.normal_consistency]
+        terms: list[Regularizer] = [self.sparsity, self.opaque, self.orient, self.eikonal,
+                                    self.normal_consistency]
         return [t for t in terms if t.weight != 0]
 
     def total(self, guidance: Tensor, out: RenderOut) -> Tensor:

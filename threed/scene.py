@@ -159,8 +159,8 @@ class Scene(nn.Module):
 
     def update(self, step: int) -> None:
         """Per-step state that is not a gradient (occupancy grids, schedules), before step ``step``."""
+        self.geometry.update(step)  # first: the renderer's occupancy grid reads the geometry's schedules
         self.renderer.update(step)
-        self.geometry.update(step)
 
     def post_step(self, done: int, optimizer: torch.optim.Optimizer | None, out: RenderOut | None = None
                   ) -> dict[str, int]:

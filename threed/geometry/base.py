@@ -6,7 +6,8 @@
 * ``surface``: what it exports -- a ``"density"`` field (``density(points)``, whose isosurface marching
   cubes extracts: NeRF, Gaussians) or an explicit ``"mesh"`` (``mesh()``: DMTet);
 * ``albedo(points)``: the colour at world points (vertex colours, texture baking, hand-offs);
-* ``start_from(previous, level)``: begin from another stage's density at its isosurface ``level``.
+* ``start_from(previous, level)``: begin from another stage's density at its isosurface ``level``;
+* ``signed_distance`` and ``eikonal(points)``: whether it is an SDF, and then its eikonal term at ``points``.
 
 A :class:`threed.scene.Scene` talks to its geometry only through these, so a new representation is one
 more subclass and one more scene kind.
@@ -89,6 +90,15 @@ class Geometry(nn.Module):
     def mesh(self):
         """The explicit surface, a :class:`threed.geometry.mesh.Mesh` (``surface == "mesh"`` geometries)."""
         raise ThreedError(f"a {type(self).__name__} has no explicit mesh; extract one from its density")
+
+    @property
+    def signed_distance(self) -> bool:
+        """Whether the geometry is a signed-distance field (then :meth:`eikonal` answers)."""
+        return False
+
+    def eikonal(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, ""]:
+        """Mean ``(|grad sdf| - 1)^2`` at ``points`` of a signed-distance geometry."""
+        raise ThreedError(f"a {type(self).__name__} is not a signed-distance field; it has no eikonal term")
 
     def start_from(self, previous: Geometry, level: float) -> dict:
         """Start from ``previous``'s density at isosurface ``level``; returns a short report for the log."""

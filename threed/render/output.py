@@ -35,6 +35,8 @@ class RenderOut:
     orient: Float[Tensor, ""] | None = None
     """DreamFusion's orientation term (volume renderer): opacity-weighted squared normals facing away from
     the camera, summed along each ray and averaged over rays."""
+    eikonal: Float[Tensor, ""] | None = None
+    """Mean ``(|grad sdf| - 1)^2`` at random points of the box (volume renderer over an SDF field)."""
     normal_consistency: Float[Tensor, ""] | None = None
     """Mean ``1 - cos`` between the normals of neighbouring faces (mesh renderer)."""
     view_gradients: ViewGradients | None = None

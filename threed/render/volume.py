@@ -60,6 +60,8 @@ class VolumeRendererConfig:
     """With albedo shading, normals (wanted only by the orientation loss, which weighs each sample by
     its compositing weight) are computed only where that weight exceeds this; lit shading needs them
     at every sample."""
+    eikonal_samples: int = 2048
+    """Training renders of an SDF field: points drawn uniformly in the box for its eikonal term."""
     eval_chunk: int = 4096
     """Rays rendered at once when gradients are off (bounded memory for large turntable frames)."""
     backend: Backend = "auto"
@@ -187,9 +189,14 @@ class VolumeRenderer(Renderer):
         bg = self.background(dirs, training=self.training)
         opacity, depth = opacity.view(B, H, W, 1), depth.view(B, H, W, 1)
         rgb = fg.view(B, H, W, 3) + (1.0 - opacity) * bg
+        eikonal = None
+        if self.training and getattr(self.geometry, "signed_distance", False):
+            points = (torch.rand(self.cfg.eikonal_samples, 3, device=o.device) * 2.0 - 1.0) * self.radius
+            eikonal = self.geometry.eikonal(points)
         return RenderOut(rgb=rgb, opacity=opacity, depth=depth,
                          normal=normal.view(B, H, W, 3) if normal is not None else None,
-                         orient=orient.sum() / o.shape[0] if orient is not None and self.training else None)
+                         orient=orient.sum() / o.shape[0] if orient is not None and self.training else None,
+                         eikonal=eikonal)
 
     def _render_rays(self, o: Tensor, d: Tensor, light: Tensor, shading: Shading, need_normals: bool):
         """Foreground rgb (premultiplied), opacity, depth, normal (R x C) and per-sample orientation terms."""
