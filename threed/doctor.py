@@ -199,7 +199,7 @@ def check_recipe(report: Report, recipe: str, overrides: Sequence[str] = ()) -> 
     """What ``recipe`` (name or path, with ``KEY=VALUE`` overrides) needs, and whether this machine has it."""
     import torch
 
-    from threed.guidance.loading import SENTENCEPIECE_PACKAGES, missing_modules
+    from threed.guidance.loading import is_sentencepiece_tokenizer, missing_modules, missing_sentencepiece
 
     try:
         from threed.recipe import load_recipe
@@ -221,9 +221,9 @@ def check_recipe(report: Report, recipe: str, overrides: Sequence[str] = ()) -> 
             fast = paths[owners[type(owner).__module__]] if type(owner).__module__ in owners else None
             if not cuda:
                 report.add(topic, f"{where}=cuda needs a CUDA device: run on a GPU or set {where}=auto", problem=True)
-            elif fast is not None and import_error(fast.module):
-                report.add(topic, f"{where}=cuda needs {fast.module} ({import_error(fast.module)}): {fast.install}, "
-                                  f"or set {where}=auto", problem=True)
+            elif fast is not None and (why := import_error(fast.module)):
+                report.add(topic, f"{where}=cuda needs {fast.module} ({why}): {fast.install}, or set {where}=auto",
+                           problem=True)
     rules = {type(g).__name__ for stage in cfg.stages for g in stage.guidance}
     if "VSDConfig" in rules and missing_modules(["peft"]):
         report.add(topic, "VSD needs peft, which does not import: pip install peft", problem=True)
@@ -232,11 +232,10 @@ def check_recipe(report: Report, recipe: str, overrides: Sequence[str] = ()) -> 
         state, folder, fix = prior_status(model)
         real = real or model != "toyworld"
         tokenizer = folder / "tokenizer" if folder is not None else None
-        sentencepiece = (model.startswith("DeepFloyd/") if tokenizer is None
-                         else any(tokenizer.glob("*.model")) and not (tokenizer / "tokenizer.json").is_file())
-        missing = missing_modules(SENTENCEPIECE_PACKAGES) if sentencepiece else []
+        sentencepiece = model.startswith("DeepFloyd/") if tokenizer is None else is_sentencepiece_tokenizer(tokenizer)
+        missing = missing_sentencepiece() if sentencepiece else []
         if missing and not fix:
-            fix = (f"its sentencepiece tokenizer needs {' and '.join(m.replace('google.', '') for m in missing)}: "
+            fix = (f"its sentencepiece tokenizer needs {' and '.join(missing)}: "
                    'pip install "threed[if]"')
         report.add(topic, f"prior {model}: {state}" + (f"; {fix}" if fix else ""), problem=bool(fix))
     if real and not cuda and cfg.device != "cuda":

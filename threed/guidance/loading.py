@@ -231,7 +231,8 @@ SENTENCEPIECE_PACKAGES = ("sentencepiece", "google.protobuf")
 
 
 def missing_modules(names: Sequence[str]) -> list[str]:
-    """The modules of ``names`` that cannot be imported here."""
+    """The modules of ``names`` that cannot be imported here, asked anew at each call (not cached like
+    :func:`threed.backends.import_error`: a package installed after a failed load is seen on the next try)."""
     missing = []
     for name in names:
         try:
@@ -241,19 +242,27 @@ def missing_modules(names: Sequence[str]) -> list[str]:
     return missing
 
 
+def missing_sentencepiece() -> list[str]:
+    """The pip packages of :data:`SENTENCEPIECE_PACKAGES` that are missing here (``protobuf``, not
+    ``google.protobuf``)."""
+    return [m.replace("google.", "") for m in missing_modules(SENTENCEPIECE_PACKAGES)]
+
+
+def is_sentencepiece_tokenizer(folder: Path) -> bool:
+    """A tokenizer folder that ships only a sentencepiece model (no ``tokenizer.json``), as DeepFloyd IF's T5:
+    transformers converts it with sentencepiece and protobuf."""
+    return not (folder / "tokenizer.json").is_file() and any(folder.glob("*.model"))
+
+
 def _check_tokenizer_packages(folder: Path) -> None:
-    """A tokenizer folder that ships only a sentencepiece model (no ``tokenizer.json``, as DeepFloyd IF's
-    T5 tokenizer) is converted by transformers with sentencepiece and protobuf: say so when they are missing
-    (transformers' own error names tiktoken)."""
-    if (folder / "tokenizer.json").is_file() or not any(folder.glob("*.model")):
-        return
-    missing = missing_modules(SENTENCEPIECE_PACKAGES)
+    """Say which packages a sentencepiece tokenizer folder needs when they are missing (transformers' own
+    error names tiktoken)."""
+    missing = missing_sentencepiece() if is_sentencepiece_tokenizer(folder) else []
     if missing:
-        packages = " and ".join(m.replace("google.", "") for m in missing)
         raise ThreedError(f"{folder} is a sentencepiece tokenizer ({', '.join(p.name for p in folder.glob('*.model'))}"
                           f", as DeepFloyd IF's T5 ships it); reading it needs the Python packages sentencepiece "
-                          f"and protobuf, and {packages} cannot be imported here: pip install \"threed[if]\" "
-                          f"(or pip install sentencepiece protobuf)")
+                          f"and protobuf, and {' and '.join(missing)} cannot be imported here: "
+                          f"pip install \"threed[if]\" (or pip install sentencepiece protobuf)")
 
 
 def _load_component(folder: Path, name: str, library: str, class_name: str, dtype: torch.dtype) -> Any:
