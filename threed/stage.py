@@ -283,7 +283,7 @@ class Stage:
         """Report the step to ``progress.json`` for watchers in other processes and to the run's progress
         callback (:mod:`threed.progress`)."""
         report = Progress.measure(self.cfg.name, self.index, done, self.total_steps, loss, done - start,
-                                       time.perf_counter() - t0, self.image)
+                                  time.perf_counter() - t0, self.image)
         report.write(self.dir)
         if self.ctx.progress is not None:
             self.ctx.progress(report)
