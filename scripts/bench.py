@@ -40,7 +40,8 @@ tune_cpu_runtime()
 import torch  # noqa: E402
 
 from threed.profiling import PhaseTimer  # noqa: E402
-from threed.recipe import available_recipes, load_recipe, resolve_device  # noqa: E402
+from threed.recipe import load_recipe, resolve_device  # noqa: E402
+from threed.recipes import available_recipes  # noqa: E402
 from threed.stage import RunContext, Stage  # noqa: E402
 
 

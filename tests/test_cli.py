@@ -1,6 +1,8 @@
 """End to end through the command line, with tiny random-weight priors on CPU."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -90,11 +92,20 @@ def test_recipes_lists_each_with_a_description(capsys):
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["recipes"], ["generate", "--help"]])
+def test_help_and_the_recipe_list_start_without_torch(argv):
+    """``threed --help`` and ``threed recipes`` answer at once: neither loads torch (seconds of import on a CPU)."""
+    code = ("import sys\nfrom threed.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'trimesh' not in sys.modules, 'torch imported'" % (argv,))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
 def test_recipes_on_an_empty_or_broken_recipe_folder(tmp_path, monkeypatch, capsys):
     """An install without recipes says so; a file that is not a recipe is listed with why, beside the others."""
-    import threed.recipe
+    import threed.recipes
 
-    monkeypatch.setattr(threed.recipe, "CONFIG_DIR", tmp_path)
+    monkeypatch.setattr(threed.recipes, "CONFIG_DIR", tmp_path)
     assert main(["recipes"]) == 2
     err = capsys.readouterr().err
     assert f"no recipes found in {tmp_path}" in err and "reinstall" in err and "Traceback" not in err

@@ -16,7 +16,8 @@ from threed.errors import ThreedError
 from threed.guidance import loading
 from threed.guidance.loading import DEFAULT_TEXT_MODEL, WITHDRAWN, choose_files, weights_variant
 from threed.guidance.prior import load_prior
-from threed.recipe import RecipeConfig, available_recipes, load_recipe
+from threed.recipe import RecipeConfig, load_recipe
+from threed.recipes import available_recipes
 from tiny_models import hub_cache_snapshot
 
 OLD_ID = "stabilityai/stable-diffusion-2-1-base"

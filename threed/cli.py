@@ -85,7 +85,7 @@ def cmd_render(args: Render) -> int:
 
 
 def cmd_recipes(args: Recipes) -> int:
-    from threed.recipe import no_recipes_error, recipe_summaries
+    from threed.recipes import no_recipes_error, recipe_summaries
 
     recipes = recipe_summaries()
     if not recipes:

@@ -138,7 +138,8 @@ def _models(cfg: Any) -> Iterator[tuple[str, str]]:
 def known_priors() -> dict[str, list[str]]:
     """Every prior a shipped recipe names -> those recipes (plus the withdrawn ids the mirrors replace)."""
     from threed.guidance.loading import WITHDRAWN
-    from threed.recipe import available_recipes, load_recipe
+    from threed.recipe import load_recipe
+    from threed.recipes import available_recipes
 
     found: dict[str, list[str]] = {}
     for name in available_recipes():

@@ -27,7 +27,8 @@ from threed.app.request import JobRequest, resume_command
 from threed.app.runs import RunView, list_runs, new_run_name, obj_zip, run_dir, view_run
 from threed.app.uploads import MAX_UPLOAD_BYTES, check_upload, image_input
 from threed.errors import ThreedError
-from threed.recipe import recipe_summaries, save_config
+from threed.recipe import save_config
+from threed.recipes import recipe_summaries
 from threed.run import RunLayout
 
 POLL_S = 1.0

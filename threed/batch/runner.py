@@ -97,7 +97,7 @@ def _image_problem(job: Job, recipe_cfg, recipe: str) -> str | None:
     """Why an image job cannot run with this recipe (``None`` if it can)."""
     if job.image is None or recipe_cfg.image_model is not None:
         return None
-    from threed.recipe import recipe_summaries
+    from threed.recipes import recipe_summaries
 
     image_recipes = [r.name for r in recipe_summaries() if r.image_model]
     hint = (f"use an image recipe: --recipe {' or '.join(image_recipes)}" if image_recipes else
@@ -139,7 +139,8 @@ def _progress(index: BatchIndex, ids: list[str]) -> dict[str, int]:
 
 def run_batch(cfg: BatchConfig, jobs: list[Job]) -> BatchIndex:
     """Run every job that is not already done; return the index (also written to ``<out>/index.json``)."""
-    from threed.recipe import available_recipes, load_recipe, recipe_path
+    from threed.recipe import load_recipe
+    from threed.recipes import available_recipes, recipe_path
 
     out = Path(cfg.out).resolve()
     recipe_cfg = load_recipe(cfg.recipe, cfg.overrides)  # a bad recipe or override: one error, before any job
