@@ -5,6 +5,7 @@
     python scripts/bench.py --raster                         # mesh rasterizer frames/s (50k faces, 64/128/256 px)
     python scripts/bench.py --export                         # export: 256^3 extraction + 1024^2 texture bake
     python scripts/bench.py --splat                          # Gaussian splatting: tiles vs dense reference (+ gsplat)
+    python scripts/bench.py --default --repeats 3            # the default command end to end, phase by phase
 
 It drives the real stage loop (``Stage.train_step``) and prints JSON: for each backend x resolution the
 median step time, steps/s, the median time of each phase (render, guidance, backward, optimizer), the
@@ -21,6 +22,13 @@ initialised (hash grid + MLP at their seeded initial values plus the centre dens
 or on a run's last checkpoint with ``--export-run RUN_DIR``: a ``--export-resolution``^3 extraction with
 the automatic level, clean-up, decimation to ``--export-faces``, vertex colours, xatlas unwrap and a
 ``--texture-size``^2 albedo bake, and writing GLB/OBJ/PLY; the median of ``--repeats`` runs per phase.
+
+``--default`` times what a user waits for: ``threed generate PROMPT`` run ``--repeats`` times as a separate
+process, as from a shell (with ``--recipe``, by default the default recipe, and the overrides), plus
+``threed --help`` and ``threed recipes``. Per run: wall time, the seconds until the first step is reported
+(start-up: imports, prior, recipe), each stage's seconds and steps/s, every export phase from export.json
+(surface, clean, decimate, colours, texture, views, video) and what is left (writing, process exit); the
+medians over the runs; and one steady-state step profile of the first stage (``outside_prior_share``).
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -232,6 +243,62 @@ def bench_splat(count: int, resolutions: list[int], repeats: int, dense_repeats:
     return rows
 
 
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def _first_step_seconds(proc: subprocess.Popen, run_dir: Path, started: float) -> float | None:
+    """Seconds from ``started`` until the run reports its first step (None if the process ends first)."""
+    while proc.poll() is None:
+        for report in run_dir.glob("stages/*/progress.json"):
+            try:
+                if json.loads(report.read_text()).get("step", 0) >= 1:
+                    return time.perf_counter() - started
+            except (OSError, ValueError):  # being written: look again
+                pass
+        time.sleep(0.05)
+    return None
+
+
+def _command_seconds(argv: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "threed", *argv], check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def bench_default(prompt: str, recipe: str, overrides: list[str], repeats: int) -> dict:
+    """The default command end to end, ``repeats`` times in fresh processes (see the module docstring)."""
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            run_dir = Path(tmp) / f"run-{i}"
+            argv = [sys.executable, "-m", "threed", "generate", prompt, "--recipe", recipe, "--out", str(run_dir),
+                    *overrides]
+            started = time.perf_counter()
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            first_step = _first_step_seconds(proc, run_dir, started)
+            log, _ = proc.communicate()
+            wall = time.perf_counter() - started
+            if proc.returncode:
+                raise RuntimeError(f"threed generate failed ({proc.returncode}):\n{log[-3000:]}")
+            stages = {m[1]: {"steps": int(m[2]), "seconds": float(m[3]), "steps_per_s": float(m[4])}
+                      for m in re.finditer(r"stage \d+ (\S+): (\d+) steps in ([\d.]+)s \(([\d.]+) it/s\)", log)}
+            export = json.loads((run_dir / "export" / "export.json").read_text())["seconds"]
+            accounted = (first_step or 0.0) + sum(st["seconds"] for st in stages.values()) + sum(export.values())
+            runs.append({"wall_s": round(wall, 3), "first_step_s": round(first_step or 0.0, 3), "stages": stages,
+                         "export_s": export, "other_s": round(wall - accounted, 3)})
+    medians = {"wall_s": _median([r["wall_s"] for r in runs]), "first_step_s": _median([r["first_step_s"] for r in runs]),
+               "stages_s": {name: _median([r["stages"][name]["seconds"] for r in runs]) for name in runs[0]["stages"]},
+               "steps_per_s": {name: _median([r["stages"][name]["steps_per_s"] for r in runs]) for name in runs[0]["stages"]},
+               "export_s": {k: _median([r["export_s"].get(k, 0.0) for r in runs]) for k in runs[0]["export_s"]},
+               "other_s": _median([r["other_s"] for r in runs])}
+    medians["export_total_s"] = round(sum(medians["export_s"].values()), 3)
+    return {"prompt": prompt, "recipe": recipe, "overrides": overrides, "repeats": repeats,
+            "help_s": _median([_command_seconds(["--help"]) for _ in range(3)]),
+            "recipes_s": _median([_command_seconds(["recipes"]) for _ in range(3)]),
+            "median": medians, "runs": runs}
+
+
 def main(argv: list[str] | None = None) -> int:
     default_recipe = "quickstart" if "quickstart" in available_recipes() else "dreamfusion-sd"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texture-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3, help="export runs; phases report their median")
     parser.add_argument("--export-run", metavar="RUN_DIR", help="export this run's last checkpoint instead")
+    parser.add_argument("--default", action="store_true",
+                        help="time the default command end to end (threed generate PROMPT), --repeats times")
     parser.add_argument("--splat", action="store_true", help="benchmark Gaussian splatting instead of the stage")
     parser.add_argument("--splat-gaussians", type=int, default=10_000)
     parser.add_argument("--splat-resolutions", nargs="+", type=int, default=[64, 128])
@@ -262,7 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {"device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
               "threads": torch.get_num_threads(), "torch": torch.__version__}
-    if args.splat:
+    if args.default:
+        report["default"] = bench_default(args.prompt, args.recipe, args.overrides, args.repeats)
+        first = load_recipe(args.recipe, args.overrides).stages[0].render_size
+        report["step_profile"] = bench_one(args.recipe, args.overrides, backends[0], first, args.steps, device,
+                                           args.prompt)
+    elif args.splat:
         report["splatting"] = bench_splat(args.splat_gaussians, args.splat_resolutions, args.steps,
                                           args.dense_repeats, device)
     elif args.export:

@@ -102,3 +102,18 @@ def test_side_by_side_turntable_with_gif_fallback(scene, tmp_path, monkeypatch):
     assert frames.shape == (3, 32, 64, 3)  # field | asset
     assert np.abs(frames[:, :, :32] - frames[:, :, 32:]).mean() < 10
     assert "turntable.mp4" not in os.listdir(tmp_path)
+
+
+def test_an_asset_only_turntable_is_the_right_half_of_the_side_by_side(scene, tmp_path, monkeypatch):
+    """``video_shows: asset`` rasterises the asset alone: the same frames as the side-by-side's right half."""
+    monkeypatch.setattr(video, "ffmpeg_available", lambda: False)
+    frames = {}
+    for shows in ("both", "asset"):
+        cfg = ExportConfig(grid_size=48, faces=1000, texture_size=64, views=0, video=True, video_frames=2,
+                           video_resolution=32, formats=["glb"], video_shows=shows)
+        files = export_scene(scene, tmp_path / shows, cfg, CPU)
+        frames[shows] = iio.imread(files["video"], index=None)[..., :3].astype(int)
+    assert frames["asset"].shape == (2, 32, 32, 3)
+    assert np.abs(frames["asset"] - frames["both"][:, :, 32:]).mean() < 1
+    report = json.loads((tmp_path / "asset" / "export.json").read_text())
+    assert report["seconds"]["video"] > 0  # the report is rewritten with the turntable's time

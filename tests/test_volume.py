@@ -173,6 +173,33 @@ def test_lit_shading_uses_the_camera_light():
         r(cams, "phong")
 
 
+class CountingNormals(Analytic):
+    """A soft blob whose normal() counts the points it is asked for."""
+
+    def __init__(self):
+        blob = gaussian_blob()
+        super().__init__(blob._density, blob._normal)
+        self.normals_asked = 0
+
+    def normal(self, x):
+        self.normals_asked += x.shape[0]
+        return super().normal(x)
+
+
+@pytest.mark.parametrize("shading", ["lambertian", "textureless"])
+def test_evaluation_renders_light_only_the_samples_that_show(shading):
+    """Outside training, normals are computed only where a sample's weight is above the threshold: the lit
+    image is the same (every sample lit) to well under an 8-bit level, with a fraction of the normals."""
+    cams = front_camera(24, distance=2.75)
+    images, asked = {}, {}
+    for threshold in (1e-4, -1.0):  # -1: every sample counts
+        field = CountingNormals()
+        images[threshold] = renderer(field, num_samples=64, normal_weight_threshold=threshold).eval()(cams, shading).rgb
+        asked[threshold] = field.normals_asked
+    assert (images[1e-4] - images[-1.0]).abs().max() < 1e-3
+    assert asked[1e-4] < 0.6 * asked[-1.0]
+
+
 def test_gradients_reach_hash_table_and_mlp():
     torch.manual_seed(0)
     grid = HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, max_resolution=64)

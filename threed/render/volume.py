@@ -57,9 +57,11 @@ class VolumeRendererConfig:
     orientation_loss: bool = True
     """Compute DreamFusion's orientation loss in training (needs normals for every shading mode)."""
     normal_weight_threshold: float = 1e-4
-    """With albedo shading, normals (wanted only by the orientation loss, which weighs each sample by
-    its compositing weight) are computed only where that weight exceeds this; lit shading needs them
-    at every sample."""
+    """Normals are computed only where a sample's compositing weight exceeds this: with albedo shading
+    (the orientation loss, which weighs each sample by that weight, is all that wants them) and in every
+    rendering outside training (a lit pixel then differs by at most this weight's share; the gradient pass
+    behind each normal is most of an evaluation render's time). Lit training renders need them at every
+    sample, for the gradient."""
     eikonal_samples: int = 2048
     """Training renders of an SDF field: points drawn uniformly in the box for its eikonal term."""
     eval_chunk: int = 4096
@@ -211,7 +213,7 @@ class VolumeRenderer(Renderer):
         density, albedo = self.geometry(points)
         weights = self._weights(density.reshape(-1), samples, n_rays)
         normal = None
-        if need_normals and shading == "albedo":
+        if need_normals and (shading == "albedo" or not self.training):
             normal = torch.zeros_like(points)
             chosen = (weights.detach() > self.cfg.normal_weight_threshold).nonzero().squeeze(1)
             if chosen.numel() > 0:
