@@ -17,17 +17,18 @@ written back with the file's own vertices and faces, never through the inverse o
 mesh without UVs, with UVs outside [0, 1] (tiling) or made of several meshes (trimesh repacks their UVs when it
 joins them) gets a new xatlas unwrap (``"xatlas"``), and :attr:`UserMesh.uv_note` says why.
 
-The run keeps what it read as ``input/mesh.npz`` (:meth:`UserMesh.save`), exact float64 arrays, so a resume and
+The run keeps what it read as ``input/mesh.npz`` (:meth:`UserMesh.to_bytes`), exact float64 arrays, so a resume and
 an export read neither the user's file again nor any format's parser.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import numpy as np
 import trimesh
@@ -114,17 +115,19 @@ class UserMesh:
                 "up": self.up, "uv_source": self.uv_source, "uv_note": self.uv_note,
                 "watertight": bool(mesh.is_watertight), "winding_consistent": bool(mesh.is_winding_consistent)}
 
-    def save(self, fh: BinaryIO) -> None:
-        """Write the arrays and facts into ``fh`` (``.npz``), exactly."""
+    def to_bytes(self) -> bytes:
+        """The arrays and facts as an ``.npz`` file's bytes, exactly (:meth:`load` reads them)."""
         meta = {"up": self.up, "source": self.source, "uv_note": self.uv_note, "meshes": self.meshes}
         arrays = {"vertices": self.vertices, "faces": self.faces, "meta": np.array(json.dumps(meta))}
         if self.uv is not None:
             arrays["uv"] = self.uv
-        np.savez(fh, **arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: Path) -> UserMesh:
-        """What :meth:`save` wrote."""
+        """What :meth:`to_bytes` made, from file ``path``."""
         if not Path(path).is_file():
             raise ThreedError(f"the run's copy of its mesh, {path}, is missing: the run cannot be continued or "
                               f"exported; start again with threed texture")

@@ -8,7 +8,6 @@ directory again continues where it stopped (``threed generate --resume RUN_DIR``
 
 from __future__ import annotations
 
-import io
 import re
 import shutil
 import time
@@ -326,9 +325,7 @@ def _start(cfg: RecipeConfig, layout: RunLayout, made: bool, mesh: UserMesh | No
         if mesh is not None and cfg.mesh is not None:
             layout.inputs.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(layout.inputs / Path(cfg.mesh).name, Path(cfg.mesh).expanduser().read_bytes())
-            buffer = io.BytesIO()
-            mesh.save(buffer)
-            write_bytes_atomic(layout.input_mesh, buffer.getvalue())
+            write_bytes_atomic(layout.input_mesh, mesh.to_bytes())
         save_config(cfg, layout.root)
     except BaseException:
         if made:
