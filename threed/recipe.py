@@ -271,10 +271,11 @@ def validate_inputs(cfg: RecipeConfig) -> None:
 
 
 def run_mesh(cfg: RecipeConfig, layout: RunLayout) -> UserMesh | None:
-    """The user's mesh of a texture run: the run's own copy once it has one, else the file ``cfg.mesh`` names."""
+    """The user's mesh of a texture run: the run's own copy once the run exists, else the file ``cfg.mesh`` names
+    (a new run: never a copy some earlier, failed start left in the folder)."""
     if cfg.mesh is None:
         return None
-    if layout.input_mesh.is_file() or layout.is_run:
+    if layout.is_run:
         return UserMesh.load(layout.input_mesh)
     return read_user_mesh(cfg.mesh, cfg.up)
 
