@@ -113,6 +113,15 @@ def test_the_command_line_names_what_is_missing(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_the_command_line_paints_a_mesh_and_lists_what_it_wrote(tmp_path, capsys):
+    cube().export(tmp_path / "cube.ply")
+    out = tmp_path / "run"
+    assert main(["texture", str(tmp_path / "cube.ply"), "a red cube", "--up", "z", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert f"glb: {out / 'export' / 'model.glb'}" in printed and "report:" in printed
+    assert (out / "input" / "cube.ply").is_file() and (out / "input" / "mesh.npz").is_file()
+
+
 def test_non_manifold_and_open_meshes_are_accepted(tmp_path):
     """Texturing needs triangles, not a closed surface: three faces on one edge (an open fan) are fine."""
     fan = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1]],
