@@ -13,7 +13,7 @@ LAYERS: dict[str, int] = {
     # (1) foundations: no threed imports but each other
     "threed.errors": 1, "threed.version": 1, "threed.recipes": 1, "threed.runtime": 1, "threed.cameras": 1, "threed.config": 1,
     "threed.run": 1, "threed.files": 1, "threed.checkpoint": 1, "threed.progress": 1, "threed.backends": 1,
-    "threed.profiling": 1, "threed.image_files": 1,
+    "threed.profiling": 1, "threed.image_files": 1, "threed.mesh_files": 1,
     # (2) representations
     "threed.geometry": 2,
     # (3) rendering, and the scene that pairs a geometry with its renderer

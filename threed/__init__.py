@@ -5,9 +5,10 @@ The public Python API (docs/api.md)::
     import threed
     run = threed.generate("a red cube", overrides={"max_steps": 300})
     run.export("glb", faces=5000)
+    run = threed.texture("chair.obj", "a red chair")
 
 Importing this package never compiles anything, never needs CUDA, and imports neither torch nor the rest of
-threed: :func:`generate`, :class:`Run` and :class:`Progress` load :mod:`threed.api` on first use, so the
+threed: :func:`generate`, :func:`texture`, :class:`Run` and :class:`Progress` load :mod:`threed.api` on first use, so the
 command line can tune the CPU runtime before torch loads (:mod:`threed.runtime`).
 """
 
@@ -17,11 +18,11 @@ from threed.errors import ThreedError
 from threed.version import __version__
 
 if _typing.TYPE_CHECKING:
-    from threed.api import Progress, Run, generate
+    from threed.api import Progress, Run, generate, texture
 
-__all__ = ["Progress", "Run", "ThreedError", "__version__", "generate"]
+__all__ = ["Progress", "Run", "ThreedError", "__version__", "generate", "texture"]
 
-_API = ("Progress", "Run", "generate")
+_API = ("Progress", "Run", "generate", "texture")
 
 
 def __getattr__(name: str) -> _typing.Any:

@@ -8,9 +8,10 @@
     run.export("glb", faces=5000)       # -> Path
     frames = run.render(frames=36)      # F x H x W x 3 uint8 turntable frames
     run = threed.Run.load("outputs/cube"); run.resume()
+    run = threed.texture("chair.obj", "a red chair")   # paint a given mesh; written back in its own coordinates
 
 This is what the command line is built on: ``threed generate`` is :func:`generate` (and ``--resume`` is
-:meth:`Run.resume`), ``threed export`` and ``threed render`` open the run with :meth:`Run.load`, and the web
+:meth:`Run.resume`), ``threed texture`` is :func:`texture`, ``threed export`` and ``threed render`` open the run with :meth:`Run.load`, and the web
 app reads a run's live progress with :meth:`Run.progress`. So a problem with the input raises the
 :class:`~threed.errors.ThreedError` whose message the command line prints. docs/api.md has the guide.
 """
@@ -30,13 +31,14 @@ import trimesh
 
 from threed.errors import ThreedError
 from threed.export.formats import FORMATS
-from threed.export.pipeline import ExportConfig, build_assets
+from threed.export.pipeline import ExportConfig, build_assets, user_mesh_assets
 from threed.export.video import render_frames, turntable_cameras
 from threed.guidance.loading import PriorCache
 from threed.progress import Progress
+from threed.mesh_files import UpAxis, UserMesh, read_user_mesh
 from threed.recipe import (RecipeConfig, default_run_dir, export_run, last_checkpoint, load_recipe, load_run_config,
-                           resolve_device, run_layout, run_recipe)
-from threed.recipes import DEFAULT_IMAGE_RECIPE, DEFAULT_RECIPE
+                           paints_a_mesh, resolve_device, run_layout, run_mesh, run_recipe)
+from threed.recipes import DEFAULT_IMAGE_RECIPE, DEFAULT_RECIPE, DEFAULT_TEXTURE_RECIPE
 from threed.render.shading import Shading
 from threed.run import RunLayout
 from threed.scene import Scene
@@ -123,11 +125,12 @@ class Run:
         self._go(progress)
         return self
 
-    def _go(self, progress: ProgressCallback | None, priors: PriorCache | None = None) -> None:
+    def _go(self, progress: ProgressCallback | None, priors: PriorCache | None = None, mesh: UserMesh | None = None
+            ) -> None:
         """Run the recipe to the end and export; ``priors``: a prior cache kept across runs (internal: the batch
-        runner's workers pass theirs, so a prior loads once per worker)."""
+        runner's workers pass theirs, so a prior loads once per worker); ``mesh``: a new texture run's mesh, read."""
         print(f"run directory: {self.path}", file=sys.stderr)
-        self.files = run_recipe(self.config, self.path, priors=priors, progress=progress)
+        self.files = run_recipe(self.config, self.path, priors=priors, progress=progress, mesh=mesh)
 
     def _scene(self) -> Scene:
         return Scene.from_checkpoint(last_checkpoint(self.path, self.config), resolve_device(self.config.device))
@@ -145,9 +148,14 @@ class Run:
     def mesh(self, grid_size: int | None = None, faces: int | None = None) -> trimesh.Trimesh:
         """The surface of the newest checkpoint with vertex colours, cleaned, decimated and placed as the export
         places it (export coordinates: centred and scaled to the unit box unless the recipe's
-        ``export.normalize`` is off). ``grid_size`` and ``faces`` default to the recipe's export settings."""
+        ``export.normalize`` is off). ``grid_size`` and ``faces`` default to the recipe's export settings.
+        A texture run's mesh is the user's, as read, in the file's coordinates."""
         export = self._export_config(grid_size, faces, texture="vertex")
-        return build_assets(self._scene(), export, resolve_device(self.config.device)).colored
+        device = resolve_device(self.config.device)
+        user = run_mesh(self.config, self._layout)
+        if user is not None:  # a texture run: the user's mesh, in the file's coordinates
+            return user_mesh_assets(self._scene(), user, export, device).colored
+        return build_assets(self._scene(), export, device).colored
 
     def export_files(self, formats: Sequence[str] | None = None, *, faces: int | None = None,
                      grid_size: int | None = None, texture: str | None = None, texture_size: int | None = None,
@@ -219,4 +227,33 @@ def generate(prompt: str = "", *, recipe: str | None = None, seed: int | None = 
                           f"or choose another --out")
     run = Run(run_dir, cfg)
     run._go(progress)
+    return run
+
+
+def texture(mesh: PathLike, prompt: str, *, recipe: str | None = None, up: UpAxis = "y", seed: int | None = None,
+            out: PathLike | None = None, overrides: Overrides | None = None,
+            progress: ProgressCallback | None = None) -> Run:
+    """Paint the mesh in file ``mesh`` (OBJ, GLB/glTF, PLY, STL) from ``prompt`` in a new run directory; return it.
+
+    ``recipe``: a texture recipe (default ``texture``: the toy prior on a CPU; ``texture-sd``: Stable Diffusion).
+    ``up``: the file's up axis, ``y`` (glTF) or ``z`` (CAD, Blender's world). The mesh is read and checked first:
+    a file that cannot be textured raises :class:`ThreedError` before anything is written. The run keeps a copy
+    of it (``RUN/input/``), optimises an albedo field on it in the scene box, and exports it in the file's own
+    coordinates: the same vertices and faces, its own UVs when it has usable ones, else new xatlas UVs
+    (``export.json`` says which). The other arguments are :func:`generate`'s. docs/texture.md has the rules.
+    """
+    if not prompt.strip():
+        raise ThreedError('give a prompt: threed texture chair.obj "a red chair"')
+    user = read_user_mesh(mesh, up)
+    source = str(Path(mesh).expanduser().resolve())
+    cfg = load_recipe(recipe or DEFAULT_TEXTURE_RECIPE, overrides or (), prompt=prompt, seed=seed, mesh=source, up=up)
+    if not paints_a_mesh(cfg):
+        raise ThreedError(f"recipe {recipe!r} makes its own surface; texture a mesh with --recipe texture (CPU, toy "
+                          f"world) or texture-sd (or a recipe whose stages have scene kind mesh)")
+    run_dir = Path(out) if out is not None else default_run_dir(f"{Path(mesh).stem}-{prompt}")
+    if RunLayout(run_dir).is_run:
+        raise ThreedError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                          f"or choose another --out")
+    run = Run(run_dir, cfg)
+    run._go(progress, mesh=user)
     return run

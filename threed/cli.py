@@ -1,8 +1,9 @@
-"""Command line: ``threed generate | export | render | recipes | batch | app | doctor``.
+"""Command line: ``threed generate | texture | export | render | recipes | batch | app | doctor``.
 
 ``threed generate PROMPT [--recipe NAME_OR_PATH] [--out DIR] [KEY=VALUE ...]``
 ``threed generate --image photo.png [--mask mask.png] [--depth depth.png] [PROMPT] [--recipe zero123] [KEY=VALUE ...]``
 ``threed generate --resume RUN_DIR [KEY=VALUE ...]``
+``threed texture MESH PROMPT [--recipe texture] [--up y|z] [--out DIR] [KEY=VALUE ...]``
 
 The commands and their options are described once, in :mod:`threed.commands`; this module runs them.
 Importing it changes nothing in the process: :func:`main` applies the CPU runtime settings
@@ -11,12 +12,13 @@ Importing it changes nothing in the process: :func:`main` applies the CPU runtim
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from threed.commands import App, Batch, Command, Doctor, Export, Generate, Recipes, Render, parse
+from threed.commands import App, Batch, Command, Doctor, Export, Generate, Recipes, Render, Texture, parse
 from threed.errors import ThreedError
 from threed.run import RunLayout
 from threed.runtime import tune_cpu_runtime
@@ -50,6 +52,19 @@ def cmd_generate(args: Generate) -> int:
     else:
         run = generate(prompt or "", recipe=args.recipe, out=args.out, overrides=overrides, image=args.image,
                        mask=args.mask, depth=args.depth)
+    for kind, path in run.files.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_texture(args: Texture) -> int:
+    from threed.api import texture
+
+    items = list(args.items)
+    if len(items) < 2 or re.match(r"[\w.*]+=", items[1]):  # the second item is an override, not a prompt
+        raise ThreedError('give a mesh and a prompt: threed texture chair.obj "a red chair" [--recipe texture] '
+                          '[KEY=VALUE ...]')
+    run = texture(items[0], items[1], recipe=args.recipe, up=args.up, out=args.out, overrides=items[2:])  # type: ignore[arg-type]
     for kind, path in run.files.items():
         print(f"{kind}: {path}")
     return 0
@@ -146,8 +161,8 @@ def cmd_doctor(args: Doctor) -> int:
 
 
 RUNNERS: dict[type[Command], Callable[[Any], int]] = {
-    Generate: cmd_generate, Export: cmd_export, Render: cmd_render, Recipes: cmd_recipes, Batch: cmd_batch,
-    App: cmd_app, Doctor: cmd_doctor}
+    Generate: cmd_generate, Texture: cmd_texture, Export: cmd_export, Render: cmd_render, Recipes: cmd_recipes,
+    Batch: cmd_batch, App: cmd_app, Doctor: cmd_doctor}
 """The function that runs each command."""
 
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from threed.recipes import DEFAULT_IMAGE_RECIPE, DEFAULT_RECIPE
+from threed.recipes import DEFAULT_IMAGE_RECIPE, DEFAULT_RECIPE, DEFAULT_TEXTURE_RECIPE
 from threed.version import __version__
 
 
@@ -100,6 +100,29 @@ class Generate(Command):
     def resuming(cls, run_dir: str, overrides: Sequence[str] = ()) -> Generate:
         """Continue the run in ``run_dir``."""
         return cls(items=list(overrides), resume=str(run_dir))
+
+
+@dataclass
+class Texture(Command):
+    """``threed texture``: paint a given mesh from a prompt and write it back in its own coordinates."""
+
+    name: ClassVar[str] = "texture"
+    help: ClassVar[str] = "paint a given mesh (OBJ, GLB/glTF, PLY, STL) from a prompt"
+    description: ClassVar[str | None] = ("threed texture MESH PROMPT [--recipe texture|texture-sd|PATH] [--up y|z] "
+                                         "[--out DIR] [KEY=VALUE ...]; the mesh comes back with its own vertices and "
+                                         "faces (docs/texture.md)")
+
+    items: list[str] = option("the mesh file, the prompt, then recipe overrides such as max_steps=200",
+                              positional=True, metavar="MESH PROMPT KEY=VALUE")
+    recipe: str | None = option(f"a texture recipe (see `threed recipes`) or YAML path; default {DEFAULT_TEXTURE_RECIPE}")
+    up: str = option("the mesh file's up axis: y (glTF, threed) or z (CAD, Blender's world)", choices=("y", "z"),
+                     default="y")
+    out: str | None = option("run directory (default outputs/<mesh>-<prompt-slug>-<timestamp>)")
+
+    @classmethod
+    def request(cls, mesh: str, prompt: str, overrides: Sequence[str] = (), **options: Any) -> Texture:
+        """A request to paint ``mesh`` from ``prompt``, with ``KEY=VALUE`` overrides."""
+        return cls(items=[mesh, prompt, *overrides], **options)
 
 
 @dataclass
@@ -206,7 +229,7 @@ class Doctor(Command):
                               metavar="KEY=VALUE")
 
 
-COMMANDS: tuple[type[Command], ...] = (Generate, Export, Render, Recipes, Batch, App, Doctor)
+COMMANDS: tuple[type[Command], ...] = (Generate, Texture, Export, Render, Recipes, Batch, App, Doctor)
 """Every command, in the order ``threed --help`` lists them."""
 
 

@@ -27,6 +27,7 @@ from threed.errors import ThreedError
 from threed.export.pipeline import ExportConfig, export_checkpoint
 from threed.files import DiskFullError, write_bytes_atomic
 from threed.guidance.loading import DEFAULT_TEXT_MODEL, PriorCache
+from threed.mesh_files import UserMesh, read_user_mesh
 from threed.progress import Progress
 from threed.recipes import recipe_path
 from threed.run import RunLayout
@@ -46,6 +47,11 @@ class RecipeConfig:
     """Mask of the reference image (white = object), needed when the image has no alpha."""
     depth: str | None = None
     """Optional depth (or disparity) map of the reference image, for the reference-view depth loss."""
+    mesh: str | None = None
+    """Texture recipes (``threed texture``): the user's mesh file as given; the run keeps a copy and reads that
+    (``RUN/input/``)."""
+    up: Literal["y", "z"] = "y"
+    """Up axis of ``mesh``: ``y`` (glTF, threed) or ``z`` (CAD, Blender's world, many threestudio exports)."""
     model: str = DEFAULT_TEXT_MODEL
     """Text-to-image prior: hub id, local diffusers folder, or ``toyworld``. The default is Stable Diffusion
     2.1-base from its sd2-community mirror (Stability AI withdrew ``stabilityai/stable-diffusion-2-1-base``,
@@ -171,7 +177,21 @@ def load_run_config(run_dir: str | Path, overrides: Sequence[str] | Mapping[str,
     return load_recipe(str(layout.config), overrides)
 
 
+def paints_a_mesh(cfg: RecipeConfig) -> bool:
+    """Whether the recipe textures a given mesh (a stage with a ``mesh`` scene: ``threed texture``)."""
+    return any(s.scene.kind == "mesh" for s in cfg.stages)
+
+
+def _validate_mesh(cfg: RecipeConfig) -> None:
+    if cfg.mesh is not None and not paints_a_mesh(cfg):
+        raise ThreedError("this recipe makes its own surface and would ignore the mesh: use a texture recipe, "
+                          "--recipe texture (CPU, toy world) or texture-sd")
+    if cfg.mesh is None and paints_a_mesh(cfg):
+        raise ThreedError("this recipe textures a given mesh: run it with threed texture MESH PROMPT")
+
+
 def validate_inputs(cfg: RecipeConfig) -> None:
+    _validate_mesh(cfg)
     if not cfg.prompt.strip() and cfg.image is None:
         raise ThreedError("the prompt is empty: give a text prompt, e.g. threed generate \"a red cube\"")
     if cfg.image is not None:  # image-to-3D: a bad photo or mask fails before any model loads
@@ -186,8 +206,18 @@ def validate_inputs(cfg: RecipeConfig) -> None:
                           "[--mask mask.png]")
 
 
+def run_mesh(cfg: RecipeConfig, layout: RunLayout) -> UserMesh | None:
+    """The user's mesh of a texture run: the run's own copy once the run exists, else the file ``cfg.mesh`` names
+    (a new run: never a copy some earlier, failed start left in the folder)."""
+    if cfg.mesh is None:
+        return None
+    if layout.is_run:
+        return UserMesh.load(layout.input_mesh)
+    return read_user_mesh(cfg.mesh, cfg.up)
+
+
 def run_recipe(cfg: RecipeConfig, run_dir: Path, priors: PriorCache | None = None,
-               progress: Callable[[Progress], None] | None = None) -> dict[str, Path]:
+               progress: Callable[[Progress], None] | None = None, mesh: UserMesh | None = None) -> dict[str, Path]:
     """Run every stage of ``cfg`` in ``run_dir`` (continuing finished/partial stages), then export.
 
     The run holds ``run_dir``'s lock throughout (:meth:`RunLayout.hold`), so a second writer is refused. A new
@@ -195,20 +225,23 @@ def run_recipe(cfg: RecipeConfig, run_dir: Path, priors: PriorCache | None = Non
     ``run_dir``, so a run that fails validation leaves nothing behind.
 
     ``priors`` holds the loaded priors (a worker serving many runs passes its own, so that a prior loads
-    once per worker); by default the run loads its own. ``progress`` is called with every stage's reports."""
+    once per worker); by default the run loads its own. ``progress`` is called with every stage's reports.
+    ``mesh``: a texture run's mesh when the caller has read ``cfg.mesh`` already (default: read here); a new run
+    copies it into ``RUN/input/``, a resumed one reads that copy."""
     validate_inputs(cfg)
     device = resolve_device(cfg.device)
+    layout = run_layout(run_dir, cfg)
+    mesh = mesh if mesh is not None and not layout.is_run else run_mesh(cfg, layout)
     ctx = RunContext(prompt=cfg.prompt, model=cfg.model, device=device, seed=cfg.seed,
                      max_steps=cfg.max_steps, run_dir=run_dir, image=cfg.image, mask=cfg.mask, depth=cfg.depth,
-                     image_model=cfg.image_model, priors=priors or PriorCache(), progress=progress)
-    layout = run_layout(run_dir, cfg)
+                     image_model=cfg.image_model, priors=priors or PriorCache(), progress=progress, mesh=mesh)
     stages = [Stage(stage_cfg, ctx, i) for i, stage_cfg in enumerate(cfg.stages)]
     resuming = layout.is_run
     first = None if resuming else stages[0].setup()  # a new run: validate before anything is written
     made = not layout.root.exists()
     with layout.hold("threed generate"):
         if not resuming:
-            _start(cfg, layout, made)
+            _start(cfg, layout, made, mesh)
         ckpt: Checkpoint | None = None
         image: Path | None = None
         for stage in stages:
@@ -220,11 +253,16 @@ def run_recipe(cfg: RecipeConfig, run_dir: Path, priors: PriorCache | None = Non
         return export_run(cfg, layout, ckpt, device)
 
 
-def _start(cfg: RecipeConfig, layout: RunLayout, made: bool) -> None:
-    """Write a new run's ``config.yaml`` (the lock is held); a folder this run made goes again if that fails."""
+def _start(cfg: RecipeConfig, layout: RunLayout, made: bool, mesh: UserMesh | None = None) -> None:
+    """Write a new run's inputs (a texture run's mesh: the file as given and what was read of it) and then its
+    ``config.yaml`` (the lock is held); a folder this run made goes again if that fails."""
     if layout.is_run:  # another process started a run here while this one was validating
         raise ThreedError(f"{layout.root} already holds a run; continue it with --resume {layout.root}")
     try:
+        if mesh is not None and cfg.mesh is not None:
+            layout.inputs.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(layout.inputs / Path(cfg.mesh).name, Path(cfg.mesh).expanduser().read_bytes())
+            write_bytes_atomic(layout.input_mesh, mesh.to_bytes())
         save_config(cfg, layout.root)
     except BaseException:
         if made:
@@ -246,8 +284,9 @@ def export_run(cfg: RecipeConfig, layout: RunLayout, ckpt: Checkpoint, device: t
         source = next((s for s in reversed(earlier) if cfg.stages[s.index].scene.kind == "gaussian"
                        and s.has_checkpoint), None)
         gaussians = read_stage_checkpoint(source)[0] if source is not None else None
+    user = run_mesh(cfg, layout) if ckpt.scene_kind == "mesh" else None
     try:
-        return export_checkpoint(ckpt, layout.export, export or cfg.export, device, video, gaussians)
+        return export_checkpoint(ckpt, layout.export, export or cfg.export, device, video, gaussians, user)
     except DiskFullError as exc:
         raise ThreedError(f"the export of {layout.root} stopped: {exc}. The files written before it are new, the "
                           f"rest as they were, and the checkpoints are intact: once there is space, run "

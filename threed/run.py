@@ -5,6 +5,7 @@
     RUN/
       .lock                       held (fcntl.flock) by the one process writing the run, naming its pid
       config.yaml                 the fully resolved recipe (what --resume and export read)
+      input/                      threed texture: the user's mesh file as given, and mesh.npz, what the run reads
       stages/<i>-<name>/          one folder per stage, in recipe order
         last.pt                   the stage's newest checkpoint (threed.checkpoint)
         prev.pt                   the one before it, the fallback when last.pt is damaged
@@ -169,6 +170,16 @@ class RunLayout:
     @property
     def export(self) -> ExportDir:
         return ExportDir(self.root / "export")
+
+    @property
+    def inputs(self) -> Path:
+        """Copies of the run's input files (``threed texture``'s mesh), so the run needs nothing outside it."""
+        return self.root / "input"
+
+    @property
+    def input_mesh(self) -> Path:
+        """The user's mesh as the run read it (:class:`threed.mesh_files.UserMesh`, exact arrays)."""
+        return self.inputs / "mesh.npz"
 
     @property
     def lock(self) -> Path:

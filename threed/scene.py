@@ -20,6 +20,7 @@ from threed.geometry.densify import DensifyState, DensifyStrategy
 from threed.geometry.dmtet import DMTet, DMTetConfig
 from threed.geometry.gaussians import Gaussians, GaussiansConfig
 from threed.geometry.nerf import NeRFField, NeRFFieldConfig
+from threed.geometry.textured_mesh import TexturedMesh, TexturedMeshConfig
 from threed.render.background import Background, BackgroundConfig
 from threed.render.output import RenderOut
 from threed.render.raster import MeshRenderer, MeshRendererConfig
@@ -80,9 +81,20 @@ class GaussianSceneConfig(FromDensityConfig):
     shading: ShadingConfig = field(default_factory=ShadingConfig)
 
 
-SceneConfig = NeRFSceneConfig | DMTetSceneConfig | GaussianSceneConfig
+@dataclass
+class MeshSceneConfig:
+    """A fixed mesh (a user's, ``threed texture``) with a trainable albedo field, rendered by rasterization."""
+
+    kind: Literal["mesh"] = "mesh"
+    geometry: TexturedMeshConfig = field(default_factory=TexturedMeshConfig)
+    renderer: MeshRendererConfig = field(default_factory=MeshRendererConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    shading: ShadingConfig = field(default_factory=ShadingConfig)
+
+
+SceneConfig = NeRFSceneConfig | DMTetSceneConfig | GaussianSceneConfig | MeshSceneConfig
 SCENE_CONFIGS: dict[str, type] = {"nerf": NeRFSceneConfig, "dmtet": DMTetSceneConfig,
-                                  "gaussian": GaussianSceneConfig}
+                                  "gaussian": GaussianSceneConfig, "mesh": MeshSceneConfig}
 """Scene config class per ``kind``."""
 
 
@@ -102,8 +114,11 @@ class Scene(nn.Module):
         elif cfg.kind == "gaussian":
             self.renderer = SplatRenderer(cfg.renderer, Gaussians(cfg.geometry), Background(cfg.background),
                                           cfg.shading)
+        elif cfg.kind == "mesh":
+            self.renderer = MeshRenderer(cfg.renderer, TexturedMesh(cfg.geometry), Background(cfg.background),
+                                         cfg.shading)
         else:
-            raise ValueError(f"unknown scene kind {cfg.kind!r}; choose nerf, dmtet or gaussian")
+            raise ValueError(f"unknown scene kind {cfg.kind!r}; choose nerf, dmtet, gaussian or mesh")
         self.densify: DensifyState | None = None
         """Gaussian scenes: the densification statistics (saved with the scene, so a resume is exact)."""
         self.strategy: DensifyStrategy | None = None
@@ -210,7 +225,7 @@ class Scene(nn.Module):
         return self.geometry.surface == "density"
 
     def mesh(self):
-        """The surface as a :class:`threed.geometry.mesh.Mesh` (DMTet scenes)."""
+        """The surface as a :class:`threed.geometry.mesh.Mesh` (DMTet and mesh scenes)."""
         if self.geometry.surface != "mesh":
             raise ThreedError(f"a {self.cfg.kind} scene has no explicit mesh; extract one from Scene.density")
         return self.geometry.mesh()

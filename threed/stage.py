@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import trimesh
 from tqdm import tqdm
 
 from threed.cameras import CameraSampler, CameraSamplerConfig
@@ -21,6 +22,7 @@ from threed.checkpoint import Checkpoint, capture_rng, read_stage_checkpoint, re
 from threed.config import to_dict
 from threed.errors import ThreedError
 from threed.export.isosurface import extract_mesh
+from threed.export.meshops import decimate
 from threed.export.video import write_grid
 from threed.files import DiskFullError
 from threed.guidance.build import GuidanceInputs, build_guidances
@@ -30,6 +32,8 @@ from threed.guidance.loading import PriorCache
 from threed.guidance.registry import GuidanceConfig
 from threed.guidance.rules.sds import SDSConfig
 from threed.guidance.text import PromptConfig
+from threed.geometry.textured_mesh import TexturedMesh
+from threed.mesh_files import UserMesh
 from threed.profiling import PhaseTimer
 from threed.progress import Progress
 from threed.reference.losses import ReferenceConfig, ReferenceLosses
@@ -97,6 +101,8 @@ class RunContext:
     depth: str | None = None
     image_model: str | None = None
     """View-conditioned prior of an image-to-3D run (``zero123`` guidance)."""
+    mesh: UserMesh | None = None
+    """The user's mesh a ``mesh`` scene paints (``threed texture``)."""
     priors: PriorCache = field(default_factory=PriorCache)
     """The priors the run's stages have loaded (each once)."""
     progress: Callable[[Progress], None] | None = None
@@ -178,6 +184,8 @@ class Stage:
         scene = Scene(cfg.scene).to(ctx.device)
         if resume is None and init is not None:
             self._hand_off(scene, init)
+        elif resume is None and isinstance(scene.geometry, TexturedMesh):
+            self._place_mesh(scene.geometry)
         # Cameras and guidance (timesteps, noise) draw from generators of their own, seeded per stage, so
         # neither the renderer's draws nor a changed camera batch shifts the other's stream.
         noise = torch.Generator().manual_seed(ctx.seed + 1000 * self.index + 2)
@@ -302,6 +310,26 @@ class Stage:
         info = scene.init_from(previous, hand_off_level(scene, previous))
         tqdm.write(f"stage {self.index} {self.cfg.name}: started from the {init.scene_kind} of stage "
                    f"{init.stage!r} ({', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in info.items())})")
+
+    def _place_mesh(self, geometry: TexturedMesh) -> None:
+        """A fresh ``mesh`` scene: the run's mesh in the scene frame, decimated to ``max_faces`` for the
+        optimisation only (the export bakes onto the original), seams welded and windings made consistent so that lambertian
+        shading lights its outside."""
+        user = self.ctx.mesh
+        if user is None:
+            raise ThreedError(f"stage {self.cfg.name!r} paints a given mesh (scene kind mesh): run it with "
+                              f"threed texture MESH PROMPT --recipe ...")
+        cfg = geometry.cfg
+        surface = trimesh.Trimesh(user.frame(cfg.extent).to_world(user.vertices), user.faces, process=False)
+        surface.merge_vertices(merge_tex=True, merge_norm=True)  # UV seams split vertices; the field needs none
+        if len(surface.faces) > cfg.max_faces:
+            tqdm.write(f"stage {self.index} {self.cfg.name}: the mesh's {len(surface.faces):,} faces are decimated to "
+                       f"{cfg.max_faces:,} for the optimisation; the texture is baked onto all of them")
+            surface = decimate(surface, cfg.max_faces)
+        else:
+            trimesh.repair.fix_normals(surface, multibody=True)
+        geometry.set_surface(torch.as_tensor(surface.vertices, dtype=torch.float32),
+                             torch.as_tensor(surface.faces, dtype=torch.long))
 
     def _checkpoint(self, tr: "Training", loss: float | None) -> Checkpoint:
         ckpt = Checkpoint(stage=self.cfg.name, step=tr.step, total_steps=self.total_steps,

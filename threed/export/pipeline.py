@@ -14,6 +14,10 @@ The order matters and is the same for every run:
    written atomically, so a failure leaves the previous export intact instead of a mix.
 7. **Views**: the asset as written, rendered beside the field from the same cameras (a contact sheet
    with per-view PSNR in ``export.json``; the turntable side by side), so a user sees what the export lost.
+
+A ``mesh`` scene (``threed texture``) skips steps 1-3 and 5: its asset is the user's own mesh, vertices and faces
+as read, in the file's coordinates (:func:`user_mesh_assets`), with the albedo read through the frame that
+placed it in the scene.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from threed.export.video import write_turntable
 from threed.export.views import AssetRenderer, side_by_side, view_cameras, write_contact_sheet
 from threed.files import write_bytes_atomic
 from threed.geometry.gaussians import Gaussians
+from threed.mesh_files import SceneFrame, UserMesh
 from threed.render.output import RenderOut
 from threed.render.shading import Shading
 from threed.run import ExportDir
@@ -105,8 +110,9 @@ class Assets:
     """What GLB and OBJ get: textured (``uv``) or vertex-coloured, normalised."""
     colored: trimesh.Trimesh
     """Vertex-coloured, normalised: what PLY gets."""
-    transform: UnitBoxTransform
-    """``export = scale * (world - centre)`` (identity when not normalising)."""
+    transform: UnitBoxTransform | SceneFrame
+    """Its ``to_world`` maps the written vertices to the field's frame: ``export = scale * (world - centre)``
+    (identity when not normalising), or a user's mesh's :class:`SceneFrame`."""
     info: dict[str, Any] = field(default_factory=dict)
     """Report for export.json: level, IoU, counts, texture coverage, seconds per phase."""
 
@@ -159,6 +165,32 @@ def build_assets(scene: Scene, export: ExportConfig, device: torch.device) -> As
     return Assets(mesh=mesh, shaded=shaded, colored=colored, transform=transform, info=info)
 
 
+@torch.no_grad()
+def user_mesh_assets(scene: Scene, user: UserMesh, export: ExportConfig, device: torch.device) -> Assets:
+    """A ``mesh`` scene's asset: the user's mesh as read (its vertices, faces and order; its UVs when it has
+    usable ones, else an xatlas unwrap), coloured by the scene's albedo field through the frame that placed
+    it in the scene. ``export``'s texture settings apply; its surface settings (grid, level, clean-up,
+    ``faces``, ``normalize``) do not: the geometry is the user's."""
+    started = time.perf_counter()
+    frame = user.frame(getattr(scene.cfg.geometry, "extent"))
+    matrix = torch.tensor(frame.to_json()["file_to_scene"], dtype=torch.float32, device=device)
+
+    def albedo(points: torch.Tensor) -> torch.Tensor:
+        return scene.albedo(points @ matrix[:3, :3].T + matrix[:3, 3])
+
+    mesh = user.to_trimesh()
+    colored = color_vertices(mesh.copy(), albedo, device=device)
+    info: dict[str, Any] = {"input": user.facts(), "geometry": "the input's vertices and faces as read, in the "
+                            "file's coordinates", "seconds": {"vertex_colors": round(time.perf_counter() - started, 3)}}
+    shaded = colored
+    if export.texture == "uv":
+        shaded, info["texture"] = bake_albedo(mesh, albedo, export.texture_size, device=device, uv=user.uv)
+        info["uv_source"] = user.uv_source
+    info.update(vertices=len(shaded.vertices), faces=len(shaded.faces), texture_mode=export.texture,
+                transform=frame.to_json())
+    return Assets(mesh=mesh, shaded=shaded, colored=colored, transform=frame, info=info)
+
+
 def write_assets(assets: Assets, out_dir: Path, formats: tuple[Format, ...] | list[Format], name: str = "model"
                  ) -> dict[str, Path]:
     """``out_dir/<name>.<format>`` for each format (PLY from the vertex-coloured mesh); returns the paths."""
@@ -170,17 +202,19 @@ def write_assets(assets: Assets, out_dir: Path, formats: tuple[Format, ...] | li
 
 
 def export_scene(scene: Scene, out_dir: Path, export: ExportConfig, device: torch.device,
-                 report: dict[str, Any] | None = None, video: bool | None = None) -> dict[str, Path]:
+                 report: dict[str, Any] | None = None, video: bool | None = None,
+                 user: UserMesh | None = None) -> dict[str, Path]:
     """Export ``scene`` into ``out_dir``; returns the written files by kind.
 
     Files: ``model.<format>`` (+ ``model.mtl``, ``model_albedo.png`` for OBJ), ``views.png`` (field vs
     asset, :mod:`threed.export.views`), ``export.json`` (``report``, e.g. the checkpoint's stage and step,
     merged with the assets' info and the views' PSNR) and the turntable when ``video`` (default
-    ``export.video``).
+    ``export.video``). ``user``: the user's mesh a ``mesh`` scene painted, written back as
+    :func:`user_mesh_assets` describes.
     """
     out = ExportDir(Path(out_dir))
     out.root.mkdir(parents=True, exist_ok=True)
-    assets = build_assets(scene, export, device)
+    assets = build_assets(scene, export, device) if user is None else user_mesh_assets(scene, user, export, device)
     files = write_assets(assets, out.root, tuple(export.formats))
     info = {**(report or {}), **assets.info}
 
@@ -218,15 +252,17 @@ def export_scene(scene: Scene, out_dir: Path, export: ExportConfig, device: torc
 
 
 def export_checkpoint(ckpt: Checkpoint, out: ExportDir, export: ExportConfig, device: torch.device,
-                      video: bool | None = None, gaussians: Checkpoint | None = None) -> dict[str, Path]:
+                      video: bool | None = None, gaussians: Checkpoint | None = None,
+                      user: UserMesh | None = None) -> dict[str, Path]:
     """Export the scene of a stage's checkpoint into ``out``; returns the written files by kind.
 
     ``gaussians``: the checkpoint of an earlier Gaussian stage that ``ckpt``'s mesh was refined from
-    (DreamGaussian); its Gaussians are written beside the mesh as ``gaussians.ply``.
+    (DreamGaussian); its Gaussians are written beside the mesh as ``gaussians.ply``. ``user``: the user's mesh
+    of a ``mesh`` scene (``threed texture``), which is what gets written.
     """
     scene = Scene.from_checkpoint(ckpt, device)
     report = {"stage": ckpt.stage, "step": ckpt.step, "total_steps": ckpt.total_steps}
-    files = export_scene(scene, out.root, export, device, report, video)
+    files = export_scene(scene, out.root, export, device, report, video, user)
     source = Scene.from_checkpoint(gaussians, device).geometry if gaussians is not None else None
     if "gaussians" not in files and isinstance(source, Gaussians):
         files["gaussians"] = write_gaussians_ply(source, out.gaussians)

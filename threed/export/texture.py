@@ -52,7 +52,7 @@ class UVLayout:
     source_vertex: np.ndarray
     """``V'`` index of each vertex in the input mesh."""
     charts: int
-    """Number of charts xatlas cut the surface into."""
+    """Number of charts xatlas cut the surface into (0: a layout given with the mesh)."""
 
 
 def unwrap(mesh: trimesh.Trimesh, texture_size: int = 1024, padding: int = 4,
@@ -128,9 +128,12 @@ def fill_empty(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def bake_albedo(mesh: trimesh.Trimesh, albedo_fn: AlbedoFn, texture_size: int = 1024, padding: int = 4,
-                inset: float | None = None, chunk: int = 2**17, device: str | torch.device = "cpu"
-                ) -> tuple[trimesh.Trimesh, dict]:
+                inset: float | None = None, chunk: int = 2**17, device: str | torch.device = "cpu",
+                uv: np.ndarray | None = None) -> tuple[trimesh.Trimesh, dict]:
     """``mesh`` unwrapped, with ``albedo_fn`` baked into a ``texture_size``-square PBR base-colour texture.
+
+    With ``uv`` (``V x 2`` in [0, 1], the mesh's own layout: ``threed texture`` on a mesh that has UVs) there is
+    no unwrap: the texture is baked into that layout and the mesh keeps its vertices, faces and order.
 
     Args:
         mesh: a cleaned, world-space mesh (the field's frame; normalise after baking).
@@ -140,6 +143,7 @@ def bake_albedo(mesh: trimesh.Trimesh, albedo_fn: AlbedoFn, texture_size: int = 
         inset: how far inside the surface the albedo is read; default :func:`default_inset`.
         chunk: points per ``albedo_fn`` call.
         device: where ``albedo_fn`` computes.
+        uv: the mesh's own texture coordinates to bake into, or None to unwrap new ones.
 
     Returns:
         The textured mesh (``TextureVisuals`` with a ``PBRMaterial`` named ``albedo``: the texture as
@@ -151,7 +155,11 @@ def bake_albedo(mesh: trimesh.Trimesh, albedo_fn: AlbedoFn, texture_size: int = 
         raise ThreedError(f"texture size must be at least 16 texels, got {texture_size}")
     inset = default_inset(mesh) if inset is None else inset
     started = time.perf_counter()
-    layout = unwrap(mesh, texture_size, padding)
+    if uv is None:
+        layout = unwrap(mesh, texture_size, padding)
+    else:
+        layout = UVLayout(vertices=np.asarray(mesh.vertices), faces=np.asarray(mesh.faces), uv=np.asarray(uv),
+                          source_vertex=np.arange(len(mesh.vertices)), charts=0)
     unwrapped = time.perf_counter()
     face_index, bary = rasterize_uv(layout.uv, layout.faces, texture_size, texture_size)
     covered = face_index >= 0

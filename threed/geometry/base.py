@@ -116,3 +116,13 @@ def field_groups(geometry: nn.Module, opt: OptimizerConfig) -> list[dict]:
     return [{"params": grid, "lr": opt.lr_geometry, "name": "geometry"},
             {"params": encoding, "lr": opt.lr_encoding, "name": "encoding"},
             {"params": network, "lr": opt.lr_network, "name": "network"}]
+
+
+def mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
+    """``layers`` hidden ReLU layers of width ``hidden``, then a linear head: the fields' small MLPs."""
+    modules: list[nn.Module] = []
+    for _ in range(layers):
+        modules += [nn.Linear(n_in, hidden), nn.ReLU(inplace=True)]
+        n_in = hidden
+    modules.append(nn.Linear(n_in, n_out))
+    return nn.Sequential(*modules)

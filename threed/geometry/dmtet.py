@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from threed.geometry.base import Geometry, OptimizerConfig, field_groups
+from threed.geometry.base import Geometry, OptimizerConfig, field_groups, mlp
 from threed.geometry.encoding import HashGridConfig, make_encoding
 from threed.geometry.mesh import Mesh
 
@@ -176,15 +176,6 @@ class DMTetConfig:
             raise ValueError(f"init_radii must be 3 positive semi-axes below radius {self.radius}, got {self.init_radii}")
 
 
-def _mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
-    modules: list[nn.Module] = []
-    for _ in range(layers):
-        modules += [nn.Linear(n_in, hidden), nn.ReLU(inplace=True)]
-        n_in = hidden
-    modules.append(nn.Linear(n_in, n_out))
-    return nn.Sequential(*modules)
-
-
 def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
@@ -223,9 +214,9 @@ class DMTet(Geometry):
         else:
             self.sdf_param = self.deform_param = None
             self.sdf_encoding = make_encoding(cfg.encoding, n_input_dims=3)
-            self.sdf_mlp = _mlp(self.sdf_encoding.n_output_dims, 4, cfg.hidden_dim, cfg.n_hidden_layers)
+            self.sdf_mlp = mlp(self.sdf_encoding.n_output_dims, 4, cfg.hidden_dim, cfg.n_hidden_layers)
         self.albedo_encoding = make_encoding(cfg.encoding, n_input_dims=3)
-        self.albedo_mlp = _mlp(self.albedo_encoding.n_output_dims, 3, cfg.hidden_dim, cfg.n_hidden_layers)
+        self.albedo_mlp = mlp(self.albedo_encoding.n_output_dims, 3, cfg.hidden_dim, cfg.n_hidden_layers)
         self._frozen_mesh: Mesh | None = None
         self.register_load_state_dict_post_hook(self._forget_mesh)
         self.init_shape(ellipsoid_sdf(cfg.init_radii if cfg.init == "ellipsoid" else (cfg.init_radii[0],) * 3))

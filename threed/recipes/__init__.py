@@ -21,6 +21,8 @@ DEFAULT_RECIPE = "quickstart"
 """The recipe of ``threed generate`` (and ``threed batch``) when no ``--recipe`` is given."""
 DEFAULT_IMAGE_RECIPE = "quickstart-image"
 """The recipe of ``threed generate --image`` when no ``--recipe`` is given."""
+DEFAULT_TEXTURE_RECIPE = "texture"
+"""The recipe of ``threed texture`` when no ``--recipe`` is given."""
 
 
 def available_recipes() -> dict[str, Path]:

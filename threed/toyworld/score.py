@@ -257,6 +257,27 @@ def score_mesh(mesh: trimesh.Trimesh, prompt: str, n_points: int = 8192, seed: i
     return result
 
 
+def texture_sampled(mesh: trimesh.Trimesh, faces: int = 20_000) -> trimesh.Trimesh:
+    """A UV-textured mesh as a vertex-coloured one that shows its texture: subdivided (each face into four, UVs
+    interpolated) until it has at least ``faces`` faces, each vertex then coloured by the texel under its UV.
+
+    The scores read colour per face from vertex colours; a textured cube has 12 faces and 24 vertices, far too few
+    to show what its texture paints (``threed texture`` keeps the user's faces).
+    """
+    if not isinstance(mesh.visual, trimesh.visual.TextureVisuals) or mesh.visual.uv is None:
+        raise ThreedError("the mesh has no UV texture to sample; score its vertex colours with score_mesh")
+    out = mesh.copy()
+    while len(out.faces) < faces:
+        out = out.subdivide()
+    out.visual = out.visual.to_color()
+    return out
+
+
+def score_textured(mesh: trimesh.Trimesh, prompt: str, faces: int = 20_000, **kwargs) -> dict:
+    """:func:`score_mesh` of a UV-textured mesh, colours read from its texture (:func:`texture_sampled`)."""
+    return score_mesh(texture_sampled(mesh, faces), prompt, **kwargs)
+
+
 def score_pair(mesh: trimesh.Trimesh, prompt: str, n_points: int = 8192, seed: int = 0,
                fidelity_points: int = N_POINTS) -> dict:
     """Score a mesh against a two-object prompt (``"a red cube and a blue sphere"``, the first-named at -X).
