@@ -208,3 +208,45 @@ def test_form_checks_before_queueing(tmp_path):
     with pytest.raises(ThreedError, match="quickstart-image"):
         JobRequest(image=cutout, recipe="quickstart").validate()
     assert JobRequest(image=cutout, recipe="quickstart-image").validate().stages[0].reference is not None
+
+
+def test_texture_tab_checks_the_mesh_and_paints_it_through_the_queue(tmp_path):
+    """A mesh upload runs ``threed texture`` into a run folder the app lists; bad meshes are refused first."""
+    import trimesh
+
+    cube = trimesh.creation.box((0.6, 0.6, 0.6))
+    upload = tmp_path / "uploads" / "my cube.obj"
+    upload.parent.mkdir()
+    cube.export(upload)
+    out = tmp_path / "out"
+    app = App(out, JobQueue(out, envs=[{}]))
+    try:
+        with pytest.raises(ThreedError, match="paints a given mesh"):
+            JobRequest("a red cube", recipe="texture").validate()
+        with pytest.raises(ThreedError, match="would ignore the mesh"):
+            JobRequest("a red cube", mesh=upload).validate()
+        with pytest.raises(ThreedError, match="how to paint"):
+            JobRequest("", recipe="texture", mesh=upload).validate()
+        with pytest.raises(ThreedError, match="with the form"):
+            JobRequest("a red cube", recipe="texture", mesh=upload, overrides=["mesh=/etc/passwd"]).validate()
+        cloud = tmp_path / "uploads" / "cloud.ply"
+        trimesh.PointCloud(np.random.default_rng(0).random((50, 3))).export(cloud)
+        notes = tmp_path / "uploads" / "notes.txt"
+        notes.write_text("not a mesh")
+        for bad in (cloud, notes):
+            with pytest.raises(ThreedError):
+                app.submit(JobRequest("a red cube", recipe="texture", mesh=bad))
+        assert not any(out.iterdir()) or all(p.name.startswith(".") for p in out.iterdir())  # nothing made
+
+        name = app.submit(JobRequest("a red cube", recipe="texture", mesh=upload, up="y", overrides=[
+            "max_steps=2", "stages.0.render_size=16", "stages.0.cameras.batch_size=1", "stages.0.val_every=0",
+            "export.views=0", "export.video=false", "export.texture_size=64"]))
+        wait_for(lambda: app.queue.get(name).state in ("done", "failed"), 240, "the texture job")
+        assert app.queue.get(name).state == "done", app.status(app.view(name))
+        view = app.view(name)
+        painted = trimesh.load(view.glb, force="mesh")
+        assert len(painted.faces) == len(cube.faces)  # the user's surface, painted
+        corners = np.unique(np.asarray(painted.vertices).round(6), axis=0)  # UV seams duplicate vertices
+        assert np.allclose(corners, np.unique(np.asarray(cube.vertices).round(6), axis=0), atol=1e-6)
+    finally:
+        app.queue.close()

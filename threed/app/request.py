@@ -1,9 +1,10 @@
-"""What a page submits, checked before it is queued, and turned into the ``threed generate`` command it runs.
+"""What a page submits, checked before it is queued, and turned into the ``threed generate`` (or ``threed
+texture``) command it runs.
 
 A job runs the same command a person would type, so a web run and a terminal run of the same settings
 are the same run. Everything that can be checked without loading a model is checked here, while the
-person is still looking at the form: an empty prompt, an image without alpha and no mask, a recipe
-override with an unknown key or a bad value. What needs the model (a word the prior does not know,
+person is still looking at the form: an empty prompt, an image without alpha and no mask, a mesh that
+cannot be read or a recipe that would ignore it, a recipe override with an unknown key or a bad value. What needs the model (a word the prior does not know,
 missing weights) fails in the job, and the page shows that job's message.
 """
 
@@ -13,20 +14,21 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from threed.commands import Generate
+from threed.commands import Generate, Texture
 from threed.errors import ThreedError
 from threed.image_files import check_image_file
-from threed.recipe import RecipeConfig, load_recipe
+from threed.mesh_files import read_user_mesh
+from threed.recipe import RecipeConfig, load_recipe, paints_a_mesh
 
 OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=.*", re.DOTALL)
 """A recipe override: a dotted key, ``=``, a value (never a command-line option)."""
-FORM_KEYS = ("prompt", "image", "mask")
+FORM_KEYS = ("prompt", "image", "mask", "mesh", "up")
 """Keys the form sets itself: an override may not point them elsewhere (e.g. at a file outside the output folder)."""
 
 
 @dataclass
 class JobRequest:
-    """The form: a prompt (or an image with an optional mask), a recipe and a few key settings."""
+    """The form: a prompt (or an image with an optional mask, or a mesh to paint), a recipe and a few key settings."""
 
     prompt: str = ""
     """Text prompt; may be empty when an image is given."""
@@ -46,6 +48,10 @@ class JobRequest:
     """Uploaded reference image, for image-to-3D."""
     mask: Path | None = None
     """Uploaded foreground mask for an image without alpha."""
+    mesh: Path | None = None
+    """Uploaded mesh to paint from the prompt (``threed texture``; OBJ, GLB, PLY, STL) with a texture recipe."""
+    up: str = "y"
+    """Up axis of ``mesh``: ``y`` (glTF) or ``z`` (CAD, Blender's world)."""
 
     def recipe_overrides(self) -> list[str]:
         """The settings as ``KEY=VALUE`` overrides, the form's fields first."""
@@ -60,7 +66,10 @@ class JobRequest:
     def validate(self) -> RecipeConfig:
         """The resolved recipe; a :class:`ThreedError` with what to fix, for anything checkable without a model."""
         if self.image is None and not self.prompt.strip():
-            raise ThreedError('the prompt is empty: describe the object, e.g. "a red cube" (or upload an image)')
+            raise ThreedError('the prompt is empty: describe the object, e.g. "a red cube" (or upload an image)'
+                              if self.mesh is None else 'the prompt is empty: say how to paint the mesh, e.g. "a red chair"')
+        if self.mesh is not None and self.image is not None:
+            raise ThreedError("give a photo or a mesh to paint, not both")
         for label, value in (("steps", self.steps), ("preview every", self.preview_every)):
             if value is not None and value < 1:
                 raise ThreedError(f"{label} must be a positive number of steps, or blank for the recipe's")
@@ -73,7 +82,17 @@ class JobRequest:
                 raise ThreedError(f"set {item.split('=', 1)[0]!r} with the form, not as an override")
         if self.image is not None:
             check_image(self.image, self.mask)
-        cfg = load_recipe(self.recipe, self.recipe_overrides(), prompt=self.prompt.strip() or None)
+        if self.mesh is not None:
+            read_user_mesh(self.mesh, "z" if self.up == "z" else "y")  # unreadable, empty, a point cloud...: said now
+        texture = paints_a_mesh(load_recipe(self.recipe))
+        if self.mesh is not None and not texture:
+            raise ThreedError(f"the recipe {self.recipe!r} makes its own surface and would ignore the mesh: choose a "
+                              "texture recipe (texture on a CPU, texture-sd with Stable Diffusion)")
+        if self.mesh is None and texture:
+            raise ThreedError(f"the recipe {self.recipe!r} paints a given mesh: upload one under "
+                              "\"Texture a mesh\", or choose a text-to-3D recipe")
+        cfg = load_recipe(self.recipe, self.recipe_overrides(), prompt=self.prompt.strip() or None,
+                          **({"mesh": str(self.mesh), "up": self.up} if self.mesh is not None else {}))
         if self.image is not None and all(s.reference is None for s in cfg.stages):
             raise ThreedError(f"the recipe {self.recipe!r} is text-to-3D and would ignore the photo: choose an "
                               "image-to-3D recipe (quickstart-image, zero123 or magic123)")
@@ -85,9 +104,15 @@ class JobRequest:
                                 image=str(self.image) if self.image is not None else None,
                                 mask=str(self.mask) if self.mask is not None else None)
 
+    def texture(self, out: Path) -> Texture:
+        """The ``threed texture`` request that paints this form's mesh into run folder ``out``."""
+        assert self.mesh is not None
+        return Texture.request(str(self.mesh), self.prompt.strip(), self.recipe_overrides(), recipe=self.recipe,
+                               up=self.up, out=str(out))
+
     def command(self, out: Path) -> list[str]:
         """``threed`` arguments that run this request into run folder ``out``."""
-        return self.generate(out).argv()
+        return (self.generate(out) if self.mesh is None else self.texture(out)).argv()
 
 
 def resume_command(run: Path) -> list[str]:

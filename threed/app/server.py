@@ -25,8 +25,9 @@ from threed.app.access import Credentials, resolve_access
 from threed.app.jobs import JobQueue, QueueLimits
 from threed.app.request import JobRequest, resume_command
 from threed.app.runs import RunView, list_runs, new_run_name, obj_zip, run_dir, view_run
-from threed.app.uploads import MAX_UPLOAD_BYTES, check_upload, image_input
+from threed.app.uploads import MAX_UPLOAD_BYTES, check_mesh_upload, check_upload, image_input
 from threed.errors import ThreedError
+from threed.mesh_files import MESH_SUFFIXES
 from threed.recipe import save_config
 from threed.recipes import recipe_summaries
 from threed.run import RunLayout
@@ -46,11 +47,13 @@ class Recipe:
     name: str
     description: str
     model: str
+    paints_a_mesh: bool = False
+    """A texture recipe: offered on the "Texture a mesh" tab, not beside the text and photo recipes."""
 
 
 def recipes() -> list[Recipe]:
     """The shipped recipes with their one-line descriptions and default priors (unreadable ones left out)."""
-    return [Recipe(r.name, r.description, r.model) for r in recipe_summaries() if r.problem is None]
+    return [Recipe(r.name, r.description, r.model, r.paints_a_mesh) for r in recipe_summaries() if r.problem is None]
 
 
 def duration(seconds: float | None) -> str:
@@ -82,6 +85,8 @@ class App:
         """
         suffix = {label: check_upload(upload, f"uploaded {label}")
                   for label, upload in (("image", request.image), ("mask", request.mask)) if upload is not None}
+        if request.mesh is not None:
+            suffix["mesh"] = check_mesh_upload(request.mesh)
         cfg = request.validate()
         with self._making:
             self.queue.check_room(client)
@@ -89,7 +94,10 @@ class App:
             path = run_dir(self.root, name, must_exist=False)
             path.mkdir(parents=True)
             try:
-                if request.image is None:
+                if request.mesh is not None:  # threed texture copies it into the run's input/ on its start
+                    kept = replace(request, mesh=self._keep(request.mesh, path / f"upload{suffix['mesh']}"))
+                    args = kept.command(path)
+                elif request.image is None:
                     save_config(cfg, path)  # listed at once, and the job is exactly a resume of this config
                     args = resume_command(path)
                 else:
@@ -204,11 +212,13 @@ def build(root: Path, queue: JobQueue | None = None):
     import gradio as gr
 
     app = App(root, queue)
-    shipped = recipes()
+    everything = recipes()
+    shipped = [r for r in everything if not r.paints_a_mesh]
+    painters = [r for r in everything if r.paints_a_mesh]
     default = next((r for r in shipped if r.name == "quickstart"), shipped[0])
 
     def model_hint(recipe: str) -> str:
-        model = next((r.model for r in shipped if r.name == recipe), "")
+        model = next((r.model for r in everything if r.name == recipe), "")
         return f"recipe default: {model}" if model else "recipe default"
 
     with gr.Blocks(title="threed", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as blocks:
@@ -218,14 +228,28 @@ def build(root: Path, queue: JobQueue | None = None):
                     "share one queue; everything is written under the output folder.")
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
-                prompt = gr.Textbox(label="Prompt", placeholder='e.g. "a red cube"', elem_id="threed-prompt")
-                with gr.Accordion("Or start from a photo", open=False):
-                    image = image_input(label="Image (transparent background)", image_mode=None, format="png",
-                                        sources=["upload", "clipboard"], elem_id="threed-image")
-                    mask = image_input(label="Mask (optional; white = object)", image_mode=None, format="png",
-                                       sources=["upload"], elem_id="threed-mask")
-                recipe = gr.Dropdown([(f"{r.name} — {r.description}", r.name) for r in shipped],
-                                     value=default.name, label="Recipe", elem_id="threed-recipe")
+                with gr.Tabs():
+                    with gr.Tab("Text or photo", elem_id="threed-tab-generate"):
+                        prompt = gr.Textbox(label="Prompt", placeholder='e.g. "a red cube"', elem_id="threed-prompt")
+                        with gr.Accordion("Or start from a photo", open=False):
+                            image = image_input(label="Image (transparent background)", image_mode=None,
+                                                format="png", sources=["upload", "clipboard"], elem_id="threed-image")
+                            mask = image_input(label="Mask (optional; white = object)", image_mode=None,
+                                               format="png", sources=["upload"], elem_id="threed-mask")
+                        recipe = gr.Dropdown([(f"{r.name} — {r.description}", r.name) for r in shipped],
+                                             value=default.name, label="Recipe", elem_id="threed-recipe")
+                        generate = gr.Button("Generate", variant="primary", elem_id="threed-generate")
+                    with gr.Tab("Texture a mesh", elem_id="threed-tab-texture"):
+                        mesh = gr.File(label=f"Mesh ({', '.join(MESH_SUFFIXES)}; its geometry comes back unchanged)",
+                                       file_types=list(MESH_SUFFIXES), type="filepath", elem_id="threed-mesh")
+                        up = gr.Radio([("+Y (glTF)", "y"), ("+Z (CAD, Blender's world)", "z")], value="y",
+                                      label="Up axis of the file", elem_id="threed-up")
+                        paint = gr.Textbox(label="Paint it as", placeholder='e.g. "a red chair"',
+                                           elem_id="threed-texture-prompt")
+                        texture_recipe = gr.Dropdown([(f"{r.name} — {r.description}", r.name) for r in painters],
+                                                     value=painters[0].name if painters else None, label="Recipe",
+                                                     elem_id="threed-texture-recipe")
+                        texture = gr.Button("Texture", variant="primary", elem_id="threed-texture")
                 with gr.Accordion("Settings", open=False):
                     with gr.Row():
                         steps = gr.Number(None, label="Steps (per stage; blank: the recipe's)", precision=0,
@@ -239,9 +263,7 @@ def build(root: Path, queue: JobQueue | None = None):
                     overrides = gr.Textbox(label="Recipe overrides (KEY=VALUE, one per line)", lines=3,
                                            placeholder="export.grid_size=256\nstages.0.guidance.guidance_scale=50",
                                            elem_id="threed-overrides")
-                with gr.Row():
-                    generate = gr.Button("Generate", variant="primary", elem_id="threed-generate")
-                    cancel = gr.Button("Cancel", variant="stop", elem_id="threed-cancel")
+                cancel = gr.Button("Cancel", variant="stop", elem_id="threed-cancel")
                 message = gr.Markdown(elem_id="threed-message")
                 with gr.Group():
                     runs = gr.Dropdown(app.run_choices(), value=None, label="Past runs", elem_id="threed-runs",
@@ -299,6 +321,15 @@ def build(root: Path, queue: JobQueue | None = None):
                              mask=Path(mask) if mask else None)
             return follow(app.submit, job, client_of(request))
 
+        def on_texture(mesh, up, paint, recipe, steps, seed, preview_every, model, overrides, request):
+            if not mesh:
+                return (gr.skip(), "upload a mesh to paint first") + (gr.skip(),) * 7
+            job = JobRequest(prompt=paint or "", recipe=recipe, steps=int(steps) if steps else None,
+                             seed=None if seed is None else int(seed), model=(model or "").strip() or None,
+                             preview_every=int(preview_every) if preview_every else None,
+                             overrides=parse_overrides(overrides), mesh=Path(mesh), up=up or "y")
+            return follow(app.submit, job, client_of(request))
+
         def on_cancel(name):
             if not name:
                 return "there is no run on this page to cancel"
@@ -323,12 +354,14 @@ def build(root: Path, queue: JobQueue | None = None):
             except ThreedError as exc:
                 return (str(exc),) + (gr.skip(),) * 6
 
-        for handler in (on_generate, on_resume):  # gradio finds gr.Request by type; annotations here are strings
+        for handler in (on_generate, on_texture, on_resume):  # gradio finds gr.Request by type; annotations here are strings
             handler.__annotations__["request"] = gr.Request
         shows = [status, preview, viewer, video, downloads, runs, shown]
         generate.click(on_generate, [prompt, image, mask, recipe, steps, seed, preview_every, model, overrides],
                        [current, message, *shows], api_name="generate",
                        show_progress="hidden")
+        texture.click(on_texture, [mesh, up, paint, texture_recipe, steps, seed, preview_every, model, overrides],
+                      [current, message, *shows], api_name="texture", show_progress="hidden")
         cancel.click(on_cancel, current, message, api_name="cancel", show_progress="hidden")
         resume.click(on_resume, runs, [current, message, *shows], api_name="resume", show_progress="hidden")
         runs.input(on_open, runs, [current, message, *shows], api_name="open_run", show_progress="hidden")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from threed.errors import ThreedError
 from threed.image_files import check_image_file
+from threed.mesh_files import MESH_SUFFIXES
 
 MAX_UPLOAD_BYTES = 25 * 2**20
 """Largest upload in bytes (25 MB: a 12-megapixel JPEG is 3-8 MB, a 4096 x 4096 RGBA PNG up to ~60 MB raw)."""
@@ -25,6 +27,21 @@ def check_upload(path: Path, what: str) -> str:
     _, fmt, _ = check_image_file(path, what, max_bytes=MAX_UPLOAD_BYTES, formats=tuple(UPLOAD_FORMATS),
                                  shown=Path(path).name)
     return UPLOAD_FORMATS[fmt]
+
+
+def check_mesh_upload(path: Path) -> str:
+    """The suffix to keep an uploaded mesh under (its own, lower-cased: trimesh reads by suffix); a ThreedError for
+    a type threed does not read or a file over the size limit. Its content is read by
+    :class:`threed.app.request.JobRequest`'s checks, before anything is made."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MESH_SUFFIXES:
+        raise ThreedError(f"uploaded mesh {path.name}: threed paints {', '.join(MESH_SUFFIXES)} files "
+                          "(Blender or MeshLab convert the others)")
+    if path.stat().st_size > MAX_UPLOAD_BYTES:
+        raise ThreedError(f"uploaded mesh {path.name} is over {MAX_UPLOAD_BYTES // 2**20} MB: decimate it first, or "
+                          "run threed texture on the command line, which has no upload limit")
+    return suffix
 
 
 def image_input(**kwargs):

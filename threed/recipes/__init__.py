@@ -49,6 +49,8 @@ class RecipeSummary:
     """Its view-conditioned prior: set for the image-to-3D recipes."""
     problem: str | None = None
     """Why the file could not be read (the other fields are then empty): listed, not fatal."""
+    paints_a_mesh: bool = False
+    """Whether it textures a given mesh (a stage whose scene kind is ``mesh``: ``threed texture``)."""
 
 
 def recipe_summaries() -> list[RecipeSummary]:
@@ -66,8 +68,11 @@ def recipe_summaries() -> list[RecipeSummary]:
             out.append(RecipeSummary(name, path, problem=f"{path} is not a recipe (a YAML mapping of settings)"))
             continue
         image_model = data.get("image_model")
+        stages = data.get("stages")
+        mesh = isinstance(stages, list) and any(isinstance(st, dict) and isinstance(st.get("scene"), dict) and st["scene"].get("kind") == "mesh"
+                   for st in stages)
         out.append(RecipeSummary(name, path, str(data.get("description") or ""), str(data.get("model") or ""),
-                                 str(image_model) if image_model else None))
+                                 str(image_model) if image_model else None, paints_a_mesh=mesh))
     return out
 
 
