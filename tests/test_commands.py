@@ -7,13 +7,14 @@ import sys
 import pytest
 
 from threed.app.request import JobRequest, resume_command
-from threed.commands import COMMANDS, App, Batch, Doctor, Export, Generate, Render, build_parser, parse
+from threed.commands import COMMANDS, App, Batch, Doctor, Edit, Export, Generate, Render, build_parser, parse
 
 
 @pytest.mark.parametrize("request_", [
     Generate.request("a red cube", ["max_steps=5", "seed=2"], recipe="quickstart-mesh", out="runs/x"),
     Generate.request("", ["max_steps=5"], image="/tmp/photo.png", mask="/tmp/mask.png"),
     Generate.resuming("runs/x", ["max_steps=9"]),
+    Edit(items=["runs/x", "a blue cube", "stages.0.steps=50"], rule="pds", source_prompt="a red cube", out="runs/y"),
     Export(run_dir="runs/x", format=["glb", "ply"], faces=0, no_normalize=True, video=True),
     Render(run_dir="runs/x", frames=12, shading="normal"),
     Batch(items=["prompts.txt", "max_steps=3"], workers=2, ray="local"),

@@ -5,6 +5,7 @@
     RUN/
       .lock                       held (fcntl.flock) by the one process writing the run, naming its pid
       config.yaml                 the fully resolved recipe (what --resume and export read)
+      source.pt                   an edit run's copy of the original asset's checkpoint (threed.source)
       stages/<i>-<name>/          one folder per stage, in recipe order
         last.pt                   the stage's newest checkpoint (threed.checkpoint)
         prev.pt                   the one before it, the fallback when last.pt is damaged
@@ -37,6 +38,7 @@ CHECKPOINT_FILE = "last.pt"
 PREVIOUS_CHECKPOINT_FILE = "prev.pt"
 PROGRESS_FILE = "progress.json"
 LOCK_FILE = ".lock"
+SOURCE_FILE = "source.pt"
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,11 @@ class RunLayout:
     @property
     def config(self) -> Path:
         return self.root / CONFIG_FILE
+
+    @property
+    def source(self) -> Path:
+        """An edit run's copy of the checkpoint of the asset it edits (``threed edit``; :mod:`threed.source`)."""
+        return self.root / SOURCE_FILE
 
     @property
     def is_run(self) -> bool:
