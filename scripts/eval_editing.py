@@ -2,7 +2,7 @@
 whether what the prompt changes changed and the rest stayed.
 
     python scripts/eval_editing.py --out eval/editing [--seeds 0 1] [--rules dds pds sds]
-        [--edits "a red cube=a blue cube" "a red cube=a green cube"] [KEY=VALUE ...]
+        [--edits "a red cube=a blue cube" "a red cube=a green cube"] [--no-run] [KEY=VALUE ...]
 
 Per seed, the source asset is ``threed generate SOURCE`` with the shipped default recipe, in
 ``OUT/source/<prompt>-seed<k>`` (made once); each edit runs ``threed edit`` on it with each rule in
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ tune_cpu_runtime()  # before torch is imported
 
 import numpy as np  # noqa: E402
 
-from threed.api import edit, generate  # noqa: E402
+from threed.api import Run, edit, generate  # noqa: E402
 from threed.export.video import write_grid  # noqa: E402
 from threed.files import write_bytes_atomic  # noqa: E402
 from threed.recipe import slugify  # noqa: E402
@@ -54,6 +55,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rules", nargs="+", default=["dds", "pds", "sds"])
     parser.add_argument("--edits", nargs="+", default=["a red cube=a blue cube"])
+    parser.add_argument("--no-run", action="store_true", help="only score and show the runs that are finished")
     args, overrides = parser.parse_known_args()
     path = args.out / "scores.json"
     results: dict = json.loads(path.read_text()) if path.is_file() else {}
@@ -62,13 +64,20 @@ def main() -> int:
         source_prompt, prompt = (p.strip() for p in pair.split("="))
         for seed in args.seeds:
             src = args.out / "source" / f"{slugify(source_prompt)}-seed{seed}"
-            if not finished(src):
+            if args.no_run and not finished(src):
+                continue
+            if RunLayout(src).is_run and not finished(src):
+                Run.load(src).resume()
+            elif not finished(src):
                 generate(source_prompt, seed=seed, out=src)
             row = [labelled(asset_image(src), [f"{source_prompt} s{seed}", "source"])]
             for rule in args.rules:
                 key = f"{prompt} | {rule} | seed {seed}"
                 run_dir = args.out / "runs" / f"{slugify(prompt)}-{rule}-seed{seed}"
+                if args.no_run and not finished(run_dir):
+                    continue
                 if not finished(run_dir):
+                    shutil.rmtree(run_dir, ignore_errors=True)  # an edit stopped half way: edit again, timed whole
                     t0 = time.perf_counter()
                     edit(src, prompt, rule=rule, out=run_dir, overrides=[f"seed={seed}", *overrides])
                     results[key] = {"wall_s": round(time.perf_counter() - t0, 1)}

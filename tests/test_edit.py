@@ -93,7 +93,27 @@ def test_pds_matches_the_stochastic_latents_of_the_two_posteriors(stub_prior):
         return (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * noise_prev - mean) / std
 
     residual = z(target.rgb, "a blue chair") - z(source.rgb, "a red chair")
-    torch.testing.assert_close(grad.permute(0, 3, 1, 2), 2 * (1 - a) * residual / 2, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grad.permute(0, 3, 1, 2), residual, rtol=1e-4, atol=1e-4)  # w = 1: 2 w r / B
+
+
+def test_pds_with_shared_noises_is_dds_with_its_own_timestep_weight(stub_prior):
+    """x_{t-1} - mu is linear in x0 with coefficient 0, so only the predictions' difference is left:
+    r_PDS = k(t) r_DDS, k = c0 sqrt(1 - abar_t) / (sqrt(abar_t) sigma_t)."""
+    noise, prompts = torch.randn(2, 3, 16, 16), PromptProcessor(stub_prior, "a blue chair")
+    grads = []
+    for rule, config in ((DDS, DDSConfig), (PDS, PDSConfig)):
+        target, source = _render(1), _render(2)
+        guidance = rule(config(guidance_scale=7.5, source_prompt="a red chair", weighting="sds"), stub_prior, prompts,
+                        torch.Generator().manual_seed(3))
+        grads.append(_grad(guidance, target, noise, RenderOut(rgb=source.rgb.detach(), opacity=source.opacity,
+                                                               depth=source.depth)))
+    ab = stub_prior.alphas_cumprod
+    a, a_prev = ab[T].view(-1, 1, 1, 1), ab[T - 1].view(-1, 1, 1, 1)
+    beta = 1 - a / a_prev
+    k = a_prev.sqrt() * beta / (1 - a) * (1 - a).sqrt() / a.sqrt() / ((1 - a_prev) / (1 - a) * beta).sqrt()
+    expected = k.view(-1, 1, 1, 1) * grads[0]
+    # float32: PDS forms the difference from terms ~1/sigma_t larger than the result, which cancel.
+    torch.testing.assert_close(grads[1], expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()))
 
 
 def test_an_editing_rule_without_the_original_or_its_prompt_is_a_clear_error(stub_prior):

@@ -97,7 +97,7 @@ def edit_recipe(source_cfg: RecipeConfig, source: EditSource, prompt: str, scene
     scene.shading = dataclasses.replace(scene.shading, albedo_only_steps=0)
     old = base.guidance[0]
     rule: dict[str, Any] = {"kind": defaults.rule, "guidance_scale": old.guidance_scale, "t_min": old.t_min,
-                            "t_max": max(defaults.t_max, old.t_min + 1e-3), "weighting": old.weighting}
+                            "t_max": max(defaults.t_max, old.t_min + 1e-3)}
     if defaults.rule != "sds":
         rule["source_prompt"] = source.prompt if source_prompt is None else source_prompt
     stage = dataclasses.replace(base, name="edit", steps=defaults.steps, scene=scene,
