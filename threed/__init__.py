@@ -7,7 +7,7 @@ The public Python API (docs/api.md)::
     run.export("glb", faces=5000)
 
 Importing this package never compiles anything, never needs CUDA, and imports neither torch nor the rest of
-threed: :func:`generate`, :class:`Run` and :class:`Progress` load :mod:`threed.api` on first use, so the
+threed: :func:`generate`, :func:`edit`, :class:`Run` and :class:`Progress` load :mod:`threed.api` on first use, so the
 command line can tune the CPU runtime before torch loads (:mod:`threed.runtime`).
 """
 
@@ -17,11 +17,11 @@ from threed.errors import ThreedError
 from threed.version import __version__
 
 if _typing.TYPE_CHECKING:
-    from threed.api import Progress, Run, generate
+    from threed.api import Progress, Run, edit, generate
 
-__all__ = ["Progress", "Run", "ThreedError", "__version__", "generate"]
+__all__ = ["Progress", "Run", "ThreedError", "__version__", "edit", "generate"]
 
-_API = ("Progress", "Run", "generate")
+_API = ("Progress", "Run", "edit", "generate")
 
 
 def __getattr__(name: str) -> _typing.Any:

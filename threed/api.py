@@ -236,14 +236,14 @@ def edit(run_dir: PathLike, prompt: str, *, rule: str = "dds", source_prompt: st
     The new run's one stage starts from the run's final checkpoint (any representation) and optimises with
     ``rule``: ``dds`` (Delta Denoising Score), ``pds`` (Posterior Distillation Sampling) or ``sds``; the
     editing rules compare each render with the original's at the same camera under ``source_prompt`` (default
-    the run's own prompt). :mod:`threed.edit` says what else the edit recipe keeps and changes; ``overrides``
+    the run's own prompt). :mod:`threed.editing` says what else the edit recipe keeps and changes; ``overrides``
     apply to it (``{"stages.0.steps": 300, "stages.0.loss.preserve.rgb": 1.0}``). ``out``: default
     ``outputs/<prompt-slug>-<timestamp>``. The source run is only read (it must be finished, and nobody may be
     writing it); the new run keeps a copy of its checkpoint and records where it came from (``edit`` in its
     ``config.yaml`` and ``export.json``).
     """
     from threed.checkpoint import Checkpoint
-    from threed.edit import EditDefaults, check_source_run, edit_recipe
+    from threed.editing import EditDefaults, check_source_run, edit_recipe
 
     if not prompt.strip():
         raise ThreedError('the prompt is empty: give the new prompt, e.g. threed edit RUN_DIR "a blue cube"')
