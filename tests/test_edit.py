@@ -18,6 +18,7 @@ from threed.cameras import Cameras
 from threed.checkpoint import Checkpoint
 from threed.cli import main
 from threed.commands import Edit, parse
+from threed.config import to_dict
 from threed.errors import ThreedError
 from threed.files import exclusive_lock
 from threed.guidance.prior import load_prior
@@ -25,6 +26,7 @@ from threed.guidance.rules.dds import DDS, DDSConfig
 from threed.guidance.rules.pds import PDS, PDSConfig
 from threed.guidance.rules.sds import SDS, SDSConfig
 from threed.guidance.text import PromptProcessor
+from threed.recipe import load_recipe
 from threed.render.output import RenderOut
 from threed.run import RunLayout
 from tiny_models import KnownDenoiser, with_unet
@@ -231,3 +233,26 @@ def test_the_command_line_edits(source_run, tmp_path, capsys):
     assert "glb:" in capsys.readouterr().out
     assert main(["edit", str(source_run)]) == 2
     assert "give the run and the new prompt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stages,kind", [(slice(0, 1), "gaussian"), (slice(0, 2), "dmtet")],
+                         ids=["gaussians", "gaussians-then-dmtet"])
+def test_an_edit_starts_from_any_representation(tmp_path, stages, kind):
+    """The gaussian recipe cut to its Gaussian stage, and whole (its last stage a DMTet texture stage)."""
+    cfg = to_dict(load_recipe("gaussian"))
+    cfg["stages"] = cfg["stages"][stages]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(cfg))
+    source = tmp_path / "source"
+    generate("a red cube", recipe=str(recipe), out=source,
+             overrides=["max_steps=2", "stages.*.render_size=16", "stages.*.val_every=0", "export.video=false",
+                        "export.views=0", "export.grid_size=24", "export.texture=vertex", "export.formats=[glb]"]
+             + (["stages.1.scene.init_grid_size=24", "stages.1.scene.geometry.grid_size=12"] if kind == "dmtet" else []))
+    before = _hashes(source)
+    run = edit(source, "a blue cube", out=tmp_path / "blue", overrides=EDIT)
+    assert _hashes(source) == before
+    ckpt = Checkpoint.load(run.path / "stages" / "0-edit" / "last.pt")
+    original = Checkpoint.load(source / "stages" / f"{len(cfg['stages']) - 1}-{cfg['stages'][-1]['name']}" / "last.pt")
+    assert ckpt.scene_kind == original.scene_kind == kind and ckpt.step == 2
+    assert ckpt.scene_config == original.scene_config | {"background": ckpt.scene_config["background"],
+                                                          "shading": ckpt.scene_config["shading"]}
