@@ -95,7 +95,7 @@ def test_pds_matches_the_stochastic_latents_of_the_two_posteriors(stub_prior):
         return (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * noise_prev - mean) / std
 
     residual = z(target.rgb, "a blue chair") - z(source.rgb, "a red chair")
-    torch.testing.assert_close(grad.permute(0, 3, 1, 2), residual, rtol=1e-4, atol=1e-4)  # w = 1: 2 w r / B
+    torch.testing.assert_close(grad.permute(0, 3, 1, 2), (1 - a) * residual, rtol=1e-4, atol=1e-4)  # 2 w r / B
 
 
 def test_pds_with_shared_noises_is_dds_with_its_own_timestep_weight(stub_prior):

@@ -8,7 +8,6 @@ from typing import Literal
 from jaxtyping import Float
 from torch import Tensor
 
-from threed.guidance.core import Weighting
 from threed.guidance.distillation import NoisyBatch
 from threed.guidance.editing import EditConfig, EditDistillation
 from threed.guidance.registry import register
@@ -20,8 +19,6 @@ class PDSConfig(EditConfig):
 
     kind: Literal["pds"] = "pds"
     """Selects this rule."""
-    weighting: Weighting = "uniform"
-    """w(t): uniform, as the reference code (the residual's own factor k(t), below, already weights t)."""
 
 
 class PDS(EditDistillation):
