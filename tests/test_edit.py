@@ -154,6 +154,7 @@ def test_an_edit_starts_from_the_source_checkpoint_and_records_it_leaving_the_so
     cfg = yaml.safe_load((run.path / "config.yaml").read_text())
     assert cfg["prompt"] == "a blue cube" and cfg["stages"][0]["guidance"][0]["kind"] == rule
     assert cfg["stages"][0]["scene"]["background"]["kind"] == "solid"
+    assert cfg["stages"][0]["loss"]["preserve"] == {"rgb": 0.0, "opacity": 1000.0}  # the silhouette is held
     source_ckpt = source_run / "stages" / "0-coarse" / "last.pt"
     origin = {"run": str(source_run.resolve()), "prompt": "a red cube", "stage": "coarse", "step": 4,
               "checkpoint": str(source_ckpt.resolve()), "sha256": hashlib.sha256(source_ckpt.read_bytes()).hexdigest()}

@@ -6,10 +6,11 @@ run's final checkpoint: the same scene (its config read from that checkpoint, so
 NeRF, DMTet, Gaussians -- edits as it was trained), cameras, render size, learning rates and regularisers,
 with the editing defaults of :class:`EditDefaults`: an editing rule (DDS by default, PDS, or plain SDS for
 comparison) whose source prompt is the source run's prompt, fewer steps, a lower ``t_max`` (an edit keeps
-the coarse structure, which the largest timesteps would redraw), no albedo-only warm-up, and a solid
-background (the random colour per image of text-to-3D training would differ between the edit's render and
-the original's, and show up in the editing rules' difference). KEY=VALUE overrides apply to that recipe, as
-for ``threed generate`` (``stages.0.steps=300``, ``stages.0.loss.preserve.rgb=1``, ``seed=1``).
+the coarse structure, which the largest timesteps would redraw), no albedo-only warm-up, the preservation
+term's opacity part on (it holds the silhouette), and a solid background (the random colour per image of
+text-to-3D training would differ between the edit's render and the original's, and show up in the editing
+rules' difference). KEY=VALUE overrides apply to that recipe, as
+for ``threed generate`` (``stages.0.steps=300``, ``stages.0.loss.preserve.opacity=0`` for a shape edit, ``seed=1``).
 
 The source run is only read: it must be a finished run that nobody is writing (an unfinished one is refused:
 finish it with ``threed generate --resume``; its last checkpoint is not the asset its export shows). docs/editing.md
@@ -51,6 +52,10 @@ class EditDefaults:
     """Largest timestep (fraction), constant: the original's coarse structure is kept, not redrawn."""
     val_every: int = 100
     """Validation grid every this many steps (and at the end)."""
+    preserve_opacity: float = 1000.0
+    """Weight of the preservation term's opacity part (``loss.preserve.opacity``): holds the original's silhouette,
+    without which a toy DDS edit collapsed into fog on one seed of two (docs/editing.md). The term is a mean
+    over pixels, so 1000 is about one pixel's worth of the guidance at 32 px. A shape edit sets it to 0."""
 
 
 def check_source_run(run_dir: str | Path) -> tuple[RecipeConfig, EditSource]:
@@ -100,7 +105,9 @@ def edit_recipe(source_cfg: RecipeConfig, source: EditSource, prompt: str, scene
                             "t_max": max(defaults.t_max, old.t_min + 1e-3)}
     if defaults.rule != "sds":
         rule["source_prompt"] = source.prompt if source_prompt is None else source_prompt
-    stage = dataclasses.replace(base, name="edit", steps=defaults.steps, scene=scene,
+    loss = dataclasses.replace(base.loss, preserve=dataclasses.replace(base.loss.preserve,
+                                                                        opacity=defaults.preserve_opacity))
+    stage = dataclasses.replace(base, name="edit", steps=defaults.steps, scene=scene, loss=loss,
                                 guidance=[build(GUIDANCES.config(defaults.rule), rule, "guidance")], reference=None,
                                 val_every=defaults.val_every, ckpt_every=min(base.ckpt_every, defaults.steps))
     cfg = dataclasses.replace(source_cfg, prompt=prompt, stages=[stage], max_steps=None, image=None, mask=None,
