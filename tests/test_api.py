@@ -24,7 +24,8 @@ def tiny_run(tmp_path_factory):
 
 
 def test_all_is_exactly_the_public_names():
-    assert sorted(threed.__all__) == ["Progress", "Run", "ThreedError", "__version__", "generate", "texture"]
+    assert sorted(threed.__all__) == ["Progress", "Run", "ThreedError", "__version__", "edit", "generate",
+                                      "texture"]
     for name in threed.__all__:
         assert getattr(threed, name) is not None
     # Submodules become attributes of the package once imported; every other public name is in __all__.

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from threed.app.request import JobRequest, resume_command
-from threed.commands import COMMANDS, App, Batch, Doctor, Export, Generate, Render, Texture, build_parser, parse
+from threed.commands import COMMANDS, App, Batch, Doctor, Edit, Export, Generate, Render, Texture, build_parser, parse
 
 
 @pytest.mark.parametrize("request_", [
@@ -16,6 +16,7 @@ from threed.commands import COMMANDS, App, Batch, Doctor, Export, Generate, Rend
     Generate.resuming("runs/x", ["max_steps=9"]),
     Texture.request("chair.obj", "a red chair", ["max_steps=5"], recipe="texture-sd", up="z", out="runs/t"),
     Texture.request("part.glb", "a blue cube"),
+    Edit(items=["runs/x", "a blue cube", "stages.0.steps=50"], rule="pds", source_prompt="a red cube", out="runs/y"),
     Export(run_dir="runs/x", format=["glb", "ply"], faces=0, no_normalize=True, video=True),
     Render(run_dir="runs/x", frames=12, shading="normal"),
     Batch(items=["prompts.txt", "max_steps=3"], workers=2, ray="local"),

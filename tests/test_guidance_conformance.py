@@ -29,7 +29,7 @@ PRIORS = {
 
 TINY = {"nfsd": {"negative_prompt": "a blue dog"}, "csd": {"negative_prompt": "a blue dog"},
         "sds_bridge": {"source_suffix": ", small"}, "ism": {"inversion_steps": 2}, "sdi": {"inversion_steps": 2},
-        "rfds": {"resolution": None}}
+        "rfds": {"resolution": None}, "dds": {"source_prompt": "a blue chair"}, "pds": {"source_prompt": "a blue chair"}}
 """Settings a rule needs on the tiny models: prompts in their few words, fewer inversion steps, the native size."""
 
 
@@ -60,7 +60,10 @@ def test_every_rule_runs_on_every_prior_it_takes(kind, layout, request, priors):
     guidance.update(1, 4)
     rgb = torch.rand(2, 20, 20, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)  # resized
     cams = Cameras.orbit(elevation=[0, 30], azimuth=[20, 200], distance=3.0, fovy_deg=40, height=20)
-    result = guidance(RenderOut(rgb=rgb, opacity=torch.ones(2, 20, 20, 1), depth=torch.ones(2, 20, 20, 1)), cams)
+    ones = torch.ones(2, 20, 20, 1)
+    source = RenderOut(rgb=torch.rand(2, 20, 20, 3, generator=torch.Generator().manual_seed(2)), opacity=ones,
+                       depth=ones)  # the original asset's render, which editing rules compare with (others ignore it)
+    result = guidance(RenderOut(rgb=rgb, opacity=ones, depth=ones), cams, source=source)
     assert result.loss.shape == () and torch.isfinite(result.loss)
     assert {"t", "t_max", "w", "grad_norm"} <= set(result.terms)
     assert all(isinstance(v, float) and v == v for v in result.terms.values())
@@ -85,7 +88,8 @@ def test_every_rule_moves_to_cuda_in_half_precision(kind, request):
     assert guidance.prior.dtype == torch.float16
     rgb = torch.rand(2, 16, 16, 3, device="cuda", requires_grad=True)
     cams = Cameras.orbit(elevation=[0, 30], azimuth=[20, 200], distance=3.0, fovy_deg=40, height=16).to("cuda")
-    guidance(RenderOut(rgb=rgb, opacity=rgb[..., :1], depth=rgb[..., :1]), cams).loss.backward()
+    source = RenderOut(rgb=rgb.detach().flip(1), opacity=rgb[..., :1].detach(), depth=rgb[..., :1].detach())
+    guidance(RenderOut(rgb=rgb, opacity=rgb[..., :1], depth=rgb[..., :1]), cams, source=source).loss.backward()
     assert rgb.grad.dtype == torch.float32 and torch.isfinite(rgb.grad).all()
 
 

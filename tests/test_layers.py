@@ -21,8 +21,8 @@ LAYERS: dict[str, int] = {
     # (4) what scores or reads a render
     "threed.guidance": 4, "threed.reference": 4, "threed.regularizers": 4, "threed.export": 4,
     # (5) - (8)
-    "threed.stage": 5,
-    "threed.recipe": 6,
+    "threed.stage": 5, "threed.source": 5,
+    "threed.recipe": 6, "threed.editing": 6,
     "threed.api": 7, "threed.toyworld": 7, "threed.doctor": 7,
     "threed.cli": 8, "threed.commands": 8, "threed.app": 8, "threed.batch": 8, "threed.__main__": 8,
     # the package's front door re-exports the API (threed.generate, threed.Run): above everything, imported by

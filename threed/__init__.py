@@ -6,10 +6,11 @@ The public Python API (docs/api.md)::
     run = threed.generate("a red cube", overrides={"max_steps": 300})
     run.export("glb", faces=5000)
     run = threed.texture("chair.obj", "a red chair")
+    blue = threed.edit(run.path, "a blue chair")
 
 Importing this package never compiles anything, never needs CUDA, and imports neither torch nor the rest of
-threed: :func:`generate`, :func:`texture`, :class:`Run` and :class:`Progress` load :mod:`threed.api` on first use, so the
-command line can tune the CPU runtime before torch loads (:mod:`threed.runtime`).
+threed: :func:`generate`, :func:`texture`, :func:`edit`, :class:`Run` and :class:`Progress` load :mod:`threed.api`
+on first use, so the command line can tune the CPU runtime before torch loads (:mod:`threed.runtime`).
 """
 
 import typing as _typing
@@ -18,11 +19,11 @@ from threed.errors import ThreedError
 from threed.version import __version__
 
 if _typing.TYPE_CHECKING:
-    from threed.api import Progress, Run, generate, texture
+    from threed.api import Progress, Run, edit, generate, texture
 
-__all__ = ["Progress", "Run", "ThreedError", "__version__", "generate", "texture"]
+__all__ = ["Progress", "Run", "ThreedError", "__version__", "edit", "generate", "texture"]
 
-_API = ("Progress", "Run", "generate", "texture")
+_API = ("Progress", "Run", "edit", "generate", "texture")
 
 
 def __getattr__(name: str) -> _typing.Any:

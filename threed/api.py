@@ -191,6 +191,12 @@ class Run:
             raise ThreedError(f"{self.path} has no readable export report yet: export it first") from exc
         return {k: report.get(k) for k in ("stage", "step", "total_steps")}
 
+    def edit(self, prompt: str, *, rule: str = "dds", source_prompt: str | None = None, out: PathLike | None = None,
+             overrides: Overrides | None = None, progress: ProgressCallback | None = None) -> Run:
+        """This (finished) run's asset edited toward ``prompt``, in a new run directory: :func:`edit`."""
+        return edit(self.path, prompt, rule=rule, source_prompt=source_prompt, out=out, overrides=overrides,
+                    progress=progress)
+
     def render(self, frames: int = 36, size: int = 128, shading: str = "albedo") -> np.ndarray:
         """``frames x size x size x 3`` uint8 turntable frames of the newest checkpoint, starting at the front
         and turning once (the views of ``threed render``); ``shading``: albedo, lambertian, textureless or
@@ -256,4 +262,35 @@ def texture(mesh: PathLike, prompt: str, *, recipe: str | None = None, up: UpAxi
                           f"or choose another --out")
     run = Run(run_dir, cfg)
     run._go(progress, mesh=user)
+    return run
+
+
+def edit(run_dir: PathLike, prompt: str, *, rule: str = "dds", source_prompt: str | None = None,
+         out: PathLike | None = None, overrides: Overrides | None = None,
+         progress: ProgressCallback | None = None) -> Run:
+    """Edit the asset of the finished run in ``run_dir`` toward ``prompt`` in a new run directory, export, return it.
+
+    The new run's one stage starts from the run's final checkpoint (any representation) and optimises with
+    ``rule``: ``dds`` (Delta Denoising Score), ``pds`` (Posterior Distillation Sampling) or ``sds``; the
+    editing rules compare each render with the original's at the same camera under ``source_prompt`` (default
+    the run's own prompt). :mod:`threed.editing` says what else the edit recipe keeps and changes; ``overrides``
+    apply to it (``{"stages.0.steps": 300, "stages.0.loss.preserve.rgb": 1.0}``). ``out``: default
+    ``outputs/<prompt-slug>-<timestamp>``. The source run is only read (it must be finished, and nobody may be
+    writing it); the new run keeps a copy of its checkpoint and records where it came from (``edit`` in its
+    ``config.yaml`` and ``export.json``).
+    """
+    from threed.checkpoint import Checkpoint
+    from threed.editing import EditDefaults, check_source_run, edit_recipe
+
+    if not prompt.strip():
+        raise ThreedError('the prompt is empty: give the new prompt, e.g. threed edit RUN_DIR "a blue cube"')
+    source_cfg, source = check_source_run(Path(run_dir))
+    scene_config = Checkpoint.load(source.checkpoint).scene_config
+    cfg = edit_recipe(source_cfg, source, prompt, scene_config, EditDefaults(rule=rule), source_prompt,
+                      overrides or ())
+    run_dir_new = Path(out) if out is not None else default_run_dir(prompt)
+    if RunLayout(run_dir_new).is_run:
+        raise ThreedError(f"{run_dir_new} already holds a run; choose another --out")
+    run = Run(run_dir_new, cfg)
+    run._go(progress)
     return run

@@ -8,6 +8,7 @@ warning naming its step, when ``last.pt`` is damaged later (a disk error, a copy
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 from dataclasses import asdict, dataclass, field
@@ -66,7 +67,17 @@ class Checkpoint:
         if not path.is_file():
             raise ThreedError(f"no checkpoint at {path}")
         try:
-            data = torch.load(path, map_location=map_location, weights_only=False)
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ThreedError(f"checkpoint {path} cannot be read ({exc.strerror})") from exc
+        return cls.read(data, path, map_location)
+
+    @classmethod
+    def read(cls, raw: bytes, path: str | Path, map_location: str | torch.device = "cpu") -> "Checkpoint":
+        """The checkpoint whose file holds ``raw`` (read already: an edit hashes and copies the same bytes);
+        ``path`` names it in errors."""
+        try:
+            data = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=False)
         except Exception as exc:
             raise ThreedError(f"checkpoint {path} cannot be read ({exc}); it may be truncated") from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION or "scene_config" not in data:

@@ -1,9 +1,10 @@
-"""Command line: ``threed generate | texture | export | render | recipes | batch | app | doctor``.
+"""Command line: ``threed generate | texture | edit | export | render | recipes | batch | app | doctor``.
 
 ``threed generate PROMPT [--recipe NAME_OR_PATH] [--out DIR] [KEY=VALUE ...]``
 ``threed generate --image photo.png [--mask mask.png] [--depth depth.png] [PROMPT] [--recipe zero123] [KEY=VALUE ...]``
 ``threed generate --resume RUN_DIR [KEY=VALUE ...]``
 ``threed texture MESH PROMPT [--recipe texture] [--up y|z] [--out DIR] [KEY=VALUE ...]``
+``threed edit RUN_DIR PROMPT [--rule dds|pds|sds] [--source-prompt TEXT] [--out DIR] [KEY=VALUE ...]``
 
 The commands and their options are described once, in :mod:`threed.commands`; this module runs them.
 Importing it changes nothing in the process: :func:`main` applies the CPU runtime settings
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from threed.commands import App, Batch, Command, Doctor, Export, Generate, Recipes, Render, Texture, parse
+from threed.commands import App, Batch, Command, Doctor, Edit, Export, Generate, Recipes, Render, Texture, parse
 from threed.errors import ThreedError
 from threed.run import RunLayout
 from threed.runtime import tune_cpu_runtime
@@ -65,6 +66,19 @@ def cmd_texture(args: Texture) -> int:
         raise ThreedError('give a mesh and a prompt: threed texture chair.obj "a red chair" [--recipe texture] '
                           '[KEY=VALUE ...]')
     run = texture(items[0], items[1], recipe=args.recipe, up=args.up, out=args.out, overrides=items[2:])  # type: ignore[arg-type]
+    for kind, path in run.files.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_edit(args: Edit) -> int:
+    from threed.api import edit
+
+    if len(args.items) < 2 or "=" in args.items[1]:
+        raise ThreedError('give the run and the new prompt: threed edit RUN_DIR "a blue cube" [--rule dds|pds|sds] '
+                          '[KEY=VALUE ...]')
+    run_dir, prompt, *overrides = args.items
+    run = edit(run_dir, prompt, rule=args.rule, source_prompt=args.source_prompt, out=args.out, overrides=overrides)
     for kind, path in run.files.items():
         print(f"{kind}: {path}")
     return 0
@@ -161,8 +175,8 @@ def cmd_doctor(args: Doctor) -> int:
 
 
 RUNNERS: dict[type[Command], Callable[[Any], int]] = {
-    Generate: cmd_generate, Texture: cmd_texture, Export: cmd_export, Render: cmd_render, Recipes: cmd_recipes,
-    Batch: cmd_batch, App: cmd_app, Doctor: cmd_doctor}
+    Generate: cmd_generate, Texture: cmd_texture, Edit: cmd_edit, Export: cmd_export, Render: cmd_render,
+    Recipes: cmd_recipes, Batch: cmd_batch, App: cmd_app, Doctor: cmd_doctor}
 """The function that runs each command."""
 
 

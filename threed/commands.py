@@ -126,6 +126,24 @@ class Texture(Command):
 
 
 @dataclass
+class Edit(Command):
+    """``threed edit``: edit a finished run's asset by a new prompt, in a new run directory."""
+
+    name: ClassVar[str] = "edit"
+    help: ClassVar[str] = "edit a finished run's asset by a new prompt (a new run directory; the original is kept)"
+    description: ClassVar[str | None] = ("threed edit RUN_DIR PROMPT [--rule dds|pds|sds] [--source-prompt TEXT] "
+                                         "[--out DIR] [KEY=VALUE ...]")
+
+    items: list[str] = option("the finished run directory, the new prompt, then overrides of the edit recipe such as "
+                              "stages.0.steps=300", positional=True, metavar="RUN_DIR PROMPT KEY=VALUE")
+    rule: str = option("editing rule: dds (Delta Denoising Score), pds (Posterior Distillation Sampling), or sds "
+                       "from the same start (default dds)", choices=("dds", "pds", "sds"), default="dds")
+    source_prompt: str | None = option("the original's prompt for the editing rule (default: the run's own)",
+                                       metavar="TEXT")
+    out: str | None = option("new run directory (default outputs/<prompt-slug>-<timestamp>)")
+
+
+@dataclass
 class Export(Command):
     """``threed export``: export a run (finished or interrupted) to mesh files."""
 
@@ -229,7 +247,7 @@ class Doctor(Command):
                               metavar="KEY=VALUE")
 
 
-COMMANDS: tuple[type[Command], ...] = (Generate, Texture, Export, Render, Recipes, Batch, App, Doctor)
+COMMANDS: tuple[type[Command], ...] = (Generate, Texture, Edit, Export, Render, Recipes, Batch, App, Doctor)
 """Every command, in the order ``threed --help`` lists them."""
 
 

@@ -31,6 +31,7 @@ from threed.mesh_files import UserMesh, read_user_mesh
 from threed.progress import Progress
 from threed.recipes import recipe_path
 from threed.run import RunLayout
+from threed.source import EditSource, LoadedSource, keep_source, read_source
 from threed.stage import RunContext, Stage, StageConfig
 
 @dataclass
@@ -71,6 +72,9 @@ class RecipeConfig:
     """The stages, run in order in one run directory; each hands its geometry to the next."""
     export: ExportConfig = field(default_factory=ExportConfig)
     """What is written at the end (and by ``threed export`` by default)."""
+    edit: EditSource | None = None
+    """An edit run (``threed edit``): the finished run whose asset the first stage starts from and the editing
+    rules compare with (threed.source); None for a run from scratch."""
 
     def __post_init__(self):
         if not self.stages:
@@ -128,6 +132,15 @@ def load_recipe(name_or_path: str, overrides: Sequence[str] | Mapping[str, Any] 
         base = OmegaConf.load(path)
     except Exception as exc:
         raise ThreedError(f"cannot read recipe {path}: {exc}") from exc
+    return recipe_from(base, overrides, str(path), **top_level)
+
+
+def recipe_from(data: Any, overrides: Sequence[str] | Mapping[str, Any] = (), where: str = "the recipe",
+                **top_level) -> RecipeConfig:
+    """A recipe from plain data or an OmegaConf mapping (``where`` names it in errors), with top-level values and
+    overrides applied as :func:`load_recipe` applies them; validated."""
+    base = OmegaConf.create(data) if not OmegaConf.is_config(data) else data
+    path = where
     for key, value in top_level.items():
         if value is not None:
             base[key] = value
@@ -232,17 +245,21 @@ def run_recipe(cfg: RecipeConfig, run_dir: Path, priors: PriorCache | None = Non
     device = resolve_device(cfg.device)
     layout = run_layout(run_dir, cfg)
     mesh = mesh if mesh is not None and not layout.is_run else run_mesh(cfg, layout)
+    source = read_source(cfg.edit, layout) if cfg.edit is not None else None
     ctx = RunContext(prompt=cfg.prompt, model=cfg.model, device=device, seed=cfg.seed,
                      max_steps=cfg.max_steps, run_dir=run_dir, image=cfg.image, mask=cfg.mask, depth=cfg.depth,
-                     image_model=cfg.image_model, priors=priors or PriorCache(), progress=progress, mesh=mesh)
+                     image_model=cfg.image_model, priors=priors or PriorCache(), progress=progress, mesh=mesh,
+                     source=source.scene(device) if source is not None else None)
     stages = [Stage(stage_cfg, ctx, i) for i, stage_cfg in enumerate(cfg.stages)]
     resuming = layout.is_run
-    first = None if resuming else stages[0].setup()  # a new run: validate before anything is written
+    # An edit's first stage starts from the original's checkpoint, as a later stage from the one before it.
+    start = source.checkpoint if source is not None else None
+    first = None if resuming else stages[0].setup(start)  # a new run: validate before anything is written
     made = not layout.root.exists()
     with layout.hold("threed generate"):
         if not resuming:
-            _start(cfg, layout, made, mesh)
-        ckpt: Checkpoint | None = None
+            _start(cfg, layout, made, mesh, source)
+        ckpt: Checkpoint | None = start
         image: Path | None = None
         for stage in stages:
             stage.image = stage.image or image  # until its first grid, a stage's reports show the last stage's
@@ -253,9 +270,11 @@ def run_recipe(cfg: RecipeConfig, run_dir: Path, priors: PriorCache | None = Non
         return export_run(cfg, layout, ckpt, device)
 
 
-def _start(cfg: RecipeConfig, layout: RunLayout, made: bool, mesh: UserMesh | None = None) -> None:
-    """Write a new run's inputs (a texture run's mesh: the file as given and what was read of it) and then its
-    ``config.yaml`` (the lock is held); a folder this run made goes again if that fails."""
+def _start(cfg: RecipeConfig, layout: RunLayout, made: bool, mesh: UserMesh | None = None,
+           source: LoadedSource | None = None) -> None:
+    """Write a new run's inputs (a texture run's mesh: the file as given and what was read of it; an edit's copy
+    of its original, ``source.pt``) and then its ``config.yaml`` (the lock is held; a run with a config is a
+    run); a folder this run made goes again if that fails."""
     if layout.is_run:  # another process started a run here while this one was validating
         raise ThreedError(f"{layout.root} already holds a run; continue it with --resume {layout.root}")
     try:
@@ -263,6 +282,8 @@ def _start(cfg: RecipeConfig, layout: RunLayout, made: bool, mesh: UserMesh | No
             layout.inputs.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(layout.inputs / Path(cfg.mesh).name, Path(cfg.mesh).expanduser().read_bytes())
             write_bytes_atomic(layout.input_mesh, mesh.to_bytes())
+        if source is not None:
+            keep_source(source, layout)
         save_config(cfg, layout.root)
     except BaseException:
         if made:
@@ -286,7 +307,8 @@ def export_run(cfg: RecipeConfig, layout: RunLayout, ckpt: Checkpoint, device: t
         gaussians = read_stage_checkpoint(source)[0] if source is not None else None
     user = run_mesh(cfg, layout) if ckpt.scene_kind == "mesh" else None
     try:
-        return export_checkpoint(ckpt, layout.export, export or cfg.export, device, video, gaussians, user)
+        origin = {"edit": to_dict(cfg.edit)} if cfg.edit is not None else None
+        return export_checkpoint(ckpt, layout.export, export or cfg.export, device, video, gaussians, user, origin)
     except DiskFullError as exc:
         raise ThreedError(f"the export of {layout.root} stopped: {exc}. The files written before it are new, the "
                           f"rest as they were, and the checkpoints are intact: once there is space, run "

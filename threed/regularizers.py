@@ -120,6 +120,31 @@ class NormalConsistency(Regularizer):
         return self._needs(out.normal_consistency, "mesh renderer (DMTet scenes)")
 
 
+@dataclass
+class Preservation:
+    """An edit's preservation term: mean squared difference of the edited render and the original asset's at
+    the same cameras and shading, ``rgb * mean |rgb - rgb_src|^2 + opacity * mean |alpha - alpha_src|^2``: it
+    holds what the prompt leaves alone (an editing stage of ``threed edit`` only: nothing else has an original)."""
+
+    rgb: float = 0.0
+    """Weight of the colour difference; 0 turns it off."""
+    opacity: float = 0.0
+    """Weight of the opacity (silhouette) difference; 0 turns it off."""
+
+    @property
+    def active(self) -> bool:
+        return self.rgb != 0 or self.opacity != 0
+
+    def __call__(self, out: RenderOut, source: RenderOut) -> Float[Tensor, ""]:
+        """The weighted term (a scalar with gradients through ``out``)."""
+        loss = torch.zeros((), device=out.rgb.device)
+        if self.rgb:
+            loss = loss + self.rgb * (out.rgb - source.rgb.detach()).square().mean()
+        if self.opacity:
+            loss = loss + self.opacity * (out.opacity - source.opacity.detach()).square().mean()
+        return loss
+
+
 OPACITY_CLAMP = 1e-5
 """Opacity is clamped to [this, 1 - this] before the sparsity and entropy terms (finite logs and gradients)."""
 
@@ -140,6 +165,8 @@ class LossConfig:
     """SDF fields: keeps the network a signed distance."""
     normal_consistency: NormalConsistency = field(default_factory=NormalConsistency)
     """Mesh stages: keeps a refined surface smooth."""
+    preserve: Preservation = field(default_factory=Preservation)
+    """Edits (``threed edit``): holds the edited renders near the original asset's at the same cameras."""
 
     @property
     def regularizers(self) -> list[Regularizer]:
@@ -148,9 +175,16 @@ class LossConfig:
                                     self.normal_consistency]
         return [t for t in terms if t.weight != 0]
 
-    def total(self, guidance: Tensor, out: RenderOut) -> Tensor:
-        """``w_guidance * guidance + sum_i w_i * term_i(out)`` over the terms with a non-zero weight."""
-        return self.regularized(self.guidance * guidance if self.guidance != 0 else torch.zeros_like(guidance), out)
+    def total(self, guidance: Tensor, out: RenderOut, source: RenderOut | None = None) -> Tensor:
+        """``w_guidance * guidance + sum_i w_i * term_i(out)`` over the terms with a non-zero weight, plus the
+        preservation term against ``source`` (the original asset's render at the same cameras) when it is on."""
+        loss = self.regularized(self.guidance * guidance if self.guidance != 0 else torch.zeros_like(guidance), out)
+        if self.preserve.active:
+            if source is None:
+                raise ThreedError("loss.preserve compares with the original asset, which only an edit has "
+                                  "(threed edit RUN_DIR PROMPT): set loss.preserve.rgb=0 loss.preserve.opacity=0")
+            loss = loss + self.preserve(out, source)
+        return loss
 
     def regularized(self, loss: Tensor, out: RenderOut) -> Tensor:
         """``loss + sum_i w_i * term_i(out)``: the regularisers added to a loss other than the guidance's (the

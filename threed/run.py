@@ -6,6 +6,7 @@
       .lock                       held (fcntl.flock) by the one process writing the run, naming its pid
       config.yaml                 the fully resolved recipe (what --resume and export read)
       input/                      threed texture: the user's mesh file as given, and mesh.npz, what the run reads
+      source.pt                   an edit run's copy of the original asset's checkpoint (threed.source)
       stages/<i>-<name>/          one folder per stage, in recipe order
         last.pt                   the stage's newest checkpoint (threed.checkpoint)
         prev.pt                   the one before it, the fallback when last.pt is damaged
@@ -38,6 +39,7 @@ CHECKPOINT_FILE = "last.pt"
 PREVIOUS_CHECKPOINT_FILE = "prev.pt"
 PROGRESS_FILE = "progress.json"
 LOCK_FILE = ".lock"
+SOURCE_FILE = "source.pt"
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,11 @@ class RunLayout:
     @property
     def config(self) -> Path:
         return self.root / CONFIG_FILE
+
+    @property
+    def source(self) -> Path:
+        """An edit run's copy of the checkpoint of the asset it edits (``threed edit``; :mod:`threed.source`)."""
+        return self.root / SOURCE_FILE
 
     @property
     def is_run(self) -> bool:

@@ -107,6 +107,9 @@ class RunContext:
     """The priors the run's stages have loaded (each once)."""
     progress: Callable[[Progress], None] | None = None
     """Called with each progress report as the stage writes it (the Python API's ``progress`` callback)."""
+    source: Scene | None = None
+    """An edit run's original asset, frozen (:mod:`threed.source`): rendered at each step's cameras and shading
+    for the editing rules (DDS, PDS) and ``loss.preserve``; None for other runs."""
 
 
 def hand_off_level(scene: Scene, previous: Scene) -> float:
@@ -193,6 +196,10 @@ class Stage:
             device=ctx.device, priors=ctx.priors, prompt=ctx.prompt, prompt_config=cfg.prompt,
             model=cfg.model or ctx.model, image_model=ctx.image_model, image=ctx.image, mask=ctx.mask,
             view=cfg.reference.view if cfg.reference else None, generator=noise))
+        if ctx.source is None and (guidance.needs_source or cfg.loss.preserve.active):
+            what = next((g.cfg.kind for g in guidance if g.needs_source), "loss.preserve")
+            raise ThreedError(f"stage {cfg.name!r}: {what} compares with an original asset, which only an edit "
+                              f"has: use it with threed edit RUN_DIR PROMPT")
         params = scene.parameter_groups(cfg.optimizer)
         optimizer = torch.optim.Adam(params + guidance.parameter_groups(), betas=cfg.optimizer.betas,
                                      eps=cfg.optimizer.eps)
@@ -226,10 +233,15 @@ class Stage:
         tr.guidance.update(step, self.total_steps)
         with phase("render"):
             cameras = self.sampler.sample(cfg.render_size, generator=tr.cameras).to(self.ctx.device)
-            out = tr.scene(cameras, choose_shading(cfg.scene.shading, step, tr.rng))
+            shading = choose_shading(cfg.scene.shading, step, tr.rng)
+            out = tr.scene(cameras, shading)
+        source = None
+        if self.ctx.source is not None and (tr.guidance.needs_source or cfg.loss.preserve.active):
+            with phase("source"):  # the original asset at the same cameras and shading (an edit)
+                source = self.ctx.source.render_eval(cameras, shading)
         with phase("guidance"):
-            g = tr.guidance(out, cameras)
-        loss = cfg.loss.total(g.loss, out)
+            g = tr.guidance(out, cameras, source)
+        loss = cfg.loss.total(g.loss, out, source)
         if tr.reference is not None:  # image-to-3D: the reference camera's losses, weighted by their own config
             with phase("reference"):
                 ref = tr.reference(tr.scene, step)

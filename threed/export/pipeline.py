@@ -253,15 +253,16 @@ def export_scene(scene: Scene, out_dir: Path, export: ExportConfig, device: torc
 
 def export_checkpoint(ckpt: Checkpoint, out: ExportDir, export: ExportConfig, device: torch.device,
                       video: bool | None = None, gaussians: Checkpoint | None = None,
-                      user: UserMesh | None = None) -> dict[str, Path]:
+                      user: UserMesh | None = None, origin: dict[str, Any] | None = None) -> dict[str, Path]:
     """Export the scene of a stage's checkpoint into ``out``; returns the written files by kind.
 
     ``gaussians``: the checkpoint of an earlier Gaussian stage that ``ckpt``'s mesh was refined from
     (DreamGaussian); its Gaussians are written beside the mesh as ``gaussians.ply``. ``user``: the user's mesh
-    of a ``mesh`` scene (``threed texture``), which is what gets written.
+    of a ``mesh`` scene (``threed texture``), which is what gets written. ``origin``: recorded in ``export.json``
+    as it is (an edit's source run, stage, step and checkpoint hash, under ``edit``).
     """
     scene = Scene.from_checkpoint(ckpt, device)
-    report = {"stage": ckpt.stage, "step": ckpt.step, "total_steps": ckpt.total_steps}
+    report = {"stage": ckpt.stage, "step": ckpt.step, "total_steps": ckpt.total_steps, **(origin or {})}
     files = export_scene(scene, out.root, export, device, report, video, user)
     source = Scene.from_checkpoint(gaussians, device).geometry if gaussians is not None else None
     if "gaussians" not in files and isinstance(source, Gaussians):

@@ -49,13 +49,19 @@ class GuidanceSet:
         for g in self:
             g.update(step, max_steps)
 
-    def __call__(self, out: RenderOut, cameras: Cameras) -> GuidanceOut:
-        """The weighted sum of the members' losses on one batch of renders."""
+    @property
+    def needs_source(self) -> bool:
+        """Whether a member (of non-zero weight) compares with the original asset's render (an editing rule)."""
+        return any(weight != 0 and g.needs_source for weight, g in self.members)
+
+    def __call__(self, out: RenderOut, cameras: Cameras, source: RenderOut | None = None) -> GuidanceOut:
+        """The weighted sum of the members' losses on one batch of renders; ``source``: the original asset's
+        render at the same cameras, for editing rules."""
         loss, terms = None, {}
         for label, (weight, guidance) in zip(self.labels, self.members):
             if weight == 0:
                 continue
-            g = guidance(out, cameras)
+            g = guidance(out, cameras, source=source)
             weighted = weight * g.loss
             loss = weighted if loss is None else loss + weighted
             if len(self.members) == 1:

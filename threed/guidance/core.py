@@ -252,6 +252,28 @@ class DiffusionCore(Denoiser):
             return ((1 - a) / a).sqrt()
         raise ValueError(f"unknown weighting {kind!r}; choose sds, uniform, fantasia or ism")
 
+    def posterior(self, x_t: Float[Tensor, "B C h w"], x0: Float[Tensor, "B C h w"], t: Int[Tensor, "B"],
+                  t_prev: Int[Tensor, "B"]) -> tuple[Float[Tensor, "B C h w"], Float[Tensor, "B 1 1 1"]]:
+        """Mean and standard deviation of the forward process's posterior q(x_prev | x_t, x0) (Ho et al. 2020,
+        eq. 7), for t_prev < t: with alpha = abar_t / abar_prev and beta = 1 - alpha,
+
+            mean = sqrt(abar_prev) beta / (1 - abar_t) x0 + sqrt(alpha) (1 - abar_prev) / (1 - abar_t) x_t,
+            std^2 = (1 - abar_prev) / (1 - abar_t) beta.
+
+        With ``x0`` the prediction (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t) this is DDPM's reverse step;
+        PDS (Koo et al. 2024) matches the noise of such steps."""
+        a_t, a_prev = self.alpha_bar(t), self.alpha_bar(t_prev)
+        alpha = a_t / a_prev
+        beta = 1 - alpha
+        mean = a_prev.sqrt() * beta / (1 - a_t) * x0 + alpha.sqrt() * (1 - a_prev) / (1 - a_t) * x_t
+        return mean, ((1 - a_prev) / (1 - a_t) * beta).sqrt()
+
+    def predicted_x0(self, x_t: Float[Tensor, "B C h w"], eps: Float[Tensor, "B C h w"],
+                     t: Int[Tensor, "B"]) -> Float[Tensor, "B C h w"]:
+        """Tweedie's estimate of the clean x0 from x_t and a noise prediction: (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
+        a = self.alpha_bar(t)
+        return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
     # ----------------------------------------------------------------- DDIM
 
     @staticmethod

@@ -100,6 +100,10 @@ class NoisyBatch:
     t: Int[Tensor, "B"]
     text: Conditioning
     cameras: Cameras
+    source_x0: Float[Tensor, "B C h w"] | None = None
+    """The original asset's render at the same cameras, encoded (editing rules; None otherwise)."""
+    source_x_t: Float[Tensor, "B C h w"] | None = None
+    """``source_x0`` noised with the same ``noise`` and ``t`` as ``x_t`` (DDS, Hertz et al. 2023)."""
 
 
 @dataclass
@@ -132,6 +136,9 @@ class ScoreDistillation(Generic[P, C]):
 
     prior_kind: ClassVar[PriorKind] = "text"
     """The prior and condition this rule is built with (:mod:`threed.guidance.build`)."""
+    needs_source: ClassVar[bool] = False
+    """Whether the rule compares with the original asset's render at the same cameras (editing rules: DDS,
+    PDS); its caller then passes ``source`` to :meth:`__call__`."""
 
     def __init__(self, cfg: ScoreConfig, prior: P, conditioner: C, generator: torch.Generator | None = None):
         prior.check_weighting(cfg.weighting)
@@ -179,10 +186,16 @@ class ScoreDistillation(Generic[P, C]):
         """Advance schedules to ``step`` of a stage of ``max_steps`` steps."""
         self.timesteps.update(step, max_steps)
 
-    def __call__(self, out: RenderOut, cameras: Cameras, *, t: Int[Tensor, "B"] | None = None,
-                 noise: Float[Tensor, "B C h w"] | None = None) -> GuidanceOut:
-        """Score ``out.rgb``; ``t`` and ``noise`` override the random draws (tests, deterministic evaluation)."""
+    def __call__(self, out: RenderOut, cameras: Cameras, *, source: RenderOut | None = None,
+                 t: Int[Tensor, "B"] | None = None, noise: Float[Tensor, "B C h w"] | None = None) -> GuidanceOut:
+        """Score ``out.rgb``; ``t`` and ``noise`` override the random draws (tests, deterministic evaluation).
+
+        ``source``: the original asset rendered at the same cameras and shading, which an editing rule
+        (:attr:`needs_source`) compares with; the other rules ignore it."""
         prior = self.prior
+        if self.needs_source and source is None:
+            raise ThreedError(f"the {self.cfg.kind} guidance edits an asset: it needs the original's render at the "
+                              f"same cameras; run it with threed edit RUN_DIR PROMPT")
         x0 = prior.encode_images(out.rgb)
         b = x0.shape[0]
         t = (self.timesteps.sample(b, self.generator) if t is None else t).to(prior.device)
@@ -192,6 +205,9 @@ class ScoreDistillation(Generic[P, C]):
             x0_ = x0.detach()
             batch = NoisyBatch(x0=x0_, x_t=prior.add_noise(x0_, noise, t), noise=noise, t=t, text=text,
                                cameras=cameras)
+            if self.needs_source and source is not None:
+                batch.source_x0 = prior.encode_images(source.rgb.detach()).to(x0_)
+                batch.source_x_t = prior.add_noise(batch.source_x0, noise, t)
             w = prior.weighting(t, self.cfg.weighting)
             grad = w.view(-1, 1, 1, 1) * self.residual(batch)
             if self.cfg.grad_clip is not None:

@@ -277,3 +277,19 @@ def geometry_fidelity(mesh: trimesh.Trimesh, scene: Scene, n_points: int = N_POI
                height_width_error=round(ratio / ratio_truth - 1.0, 4), alignment=sim.to_json(),
                longest_side=round(truth.longest_side, 4), n_points=n_points)
     return out
+
+
+def mesh_agreement(mesh: trimesh.Trimesh, reference: trimesh.Trimesh, n_points: int = N_POINTS, seed: int = 0,
+                   taus: tuple[float, ...] = TAUS) -> dict[str, float]:
+    """F-score of ``mesh`` against another asset ``reference`` in the same frame, no alignment (an edit against
+    the asset it started from: did the geometry stay?), at each tau times the reference's longest side; keyed
+    like :func:`geometry_fidelity`'s ``f`` (``"0.02"``)."""
+    a, _ = sample_mesh(mesh, n_points, seed)
+    b, _ = sample_mesh(reference, n_points, seed + 1)
+    side = float(np.ptp(np.asarray(reference.vertices), axis=0).max())
+    d_mesh, d_reference = mesh_distance(reference, a), mesh_distance(mesh, b)
+    out = {}
+    for tau in taus:
+        precision, recall = float((d_mesh < tau * side).mean()), float((d_reference < tau * side).mean())
+        out[f"{tau:g}"] = round(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall), 4)
+    return out

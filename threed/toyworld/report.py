@@ -10,7 +10,6 @@ asset as written (export transform undone) so a wrong size or place shows.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from threed.cameras import Cameras
 from threed.errors import ThreedError
-from threed.export.meshops import UnitBoxTransform
 from threed.export.video import image_grid, to_uint8
 from threed.export.views import AssetRenderer
-from threed.run import RunLayout
 from threed.toyworld.raycast import render
 from threed.toyworld.scenes import parse_prompt
-from threed.toyworld.score import export_mesh_path, load_mesh
+from threed.toyworld.score import export_mesh_path, export_to_world, load_mesh
 
 DISPLAY = {"elevation": 15.0, "azimuth": 30.0, "distance": 2.75, "fovy": 40.0}
 """The display camera of ladder pictures: a front three-quarter view, as the contact sheet's default."""
@@ -154,13 +151,7 @@ def asset_image(run_dir: Path, resolution: int = 128) -> np.ndarray | None:
         path = export_mesh_path(run_dir)
     except ThreedError:
         return None
-    info = RunLayout(run_dir).export.report
-    to_world = None
-    if info.is_file():
-        t = json.loads(info.read_text()).get("transform")
-        if t:
-            to_world = UnitBoxTransform(tuple(t["centre"]), float(t["scale"])).to_world
-    renderer = AssetRenderer(load_mesh(path), to_world, lambda dirs: torch.ones_like(dirs))
+    renderer = AssetRenderer(load_mesh(path), export_to_world(run_dir), lambda dirs: torch.ones_like(dirs))
     return to_uint8(renderer(display_camera(resolution), "lambertian").rgb[0])
 
 

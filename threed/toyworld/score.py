@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import mcubes
@@ -44,6 +45,7 @@ import yaml
 from scipy.spatial import cKDTree
 
 from threed.errors import ThreedError
+from threed.export.meshops import UnitBoxTransform
 from threed.run import ExportDir, RunLayout
 from threed.toyworld.colour import (colour_distances, delta_e, face_colours, hue_disc, name_colour,
                                     weighted_median)
@@ -326,6 +328,23 @@ def export_mesh_path(run_dir: str | Path) -> Path:
     looked = ", ".join(export.model(fmt).name for fmt in EXPORT_FORMATS)
     raise ThreedError(f"no exported mesh in {export.root} (looked for {looked}); finish the run "
                       f"with `threed generate --resume {run_dir}` or export it with `threed export {run_dir}`")
+
+
+def export_to_world(run_dir: str | Path) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The map from a run's exported positions back to its field's frame (``export.json``'s transform), or None
+    when the export records none (not normalised)."""
+    info = RunLayout(Path(run_dir)).export.report
+    t = json.loads(info.read_text()).get("transform") if info.is_file() else None
+    return UnitBoxTransform(tuple(t["centre"]), float(t["scale"])).to_world if t else None
+
+
+def world_mesh(run_dir: str | Path) -> trimesh.Trimesh:
+    """A run's exported mesh in its field's frame: two runs' assets compare in one frame (an edit and its source)."""
+    mesh = load_mesh(export_mesh_path(run_dir))
+    to_world = export_to_world(run_dir)
+    if to_world is not None:
+        mesh.vertices = to_world(np.asarray(mesh.vertices))
+    return mesh
 
 
 def load_mesh(path: str | Path) -> trimesh.Trimesh:

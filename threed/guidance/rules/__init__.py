@@ -12,4 +12,8 @@ guidance registry is first read, so a new file is all a new rule needs (docs/gui
     SDS-Bridge  s (eps(x_t; y) - eps(x_t; y_src)), y_src = the prompt + its artefacts   McAllister et al. 2024
     SDI         eps_hat(x_t; y) - kappa, x_t = DDIM inversion of the render   Lukoianov et al. 2024
     RFDS        v_hat(x_t; y) - (eps - x0) on a flow-matching prior    Yang et al. 2025
+    DDS         eps_hat(x_t; y) - eps_hat(x_t^src; y_src), same eps and t   Delta Denoising Score (Hertz et al. 2023)
+    PDS         z(x0; y) - z(x0^src; y_src), z the posterior's stochastic latent   Koo et al. 2024
+
+DDS and PDS edit an asset: they compare with the original's render at the same cameras (threed.guidance.editing).
 """
