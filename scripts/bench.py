@@ -26,8 +26,9 @@ the automatic level, clean-up, decimation to ``--export-faces``, vertex colours,
 ``--default`` times what a user waits for: ``threed generate PROMPT`` run ``--repeats`` times as a separate
 process, as from a shell (with ``--recipe``, by default the default recipe, and the overrides), plus
 ``threed --help`` and ``threed recipes``. Per run: wall time, the seconds until the first step is reported
-(start-up: imports, prior, recipe), each stage's seconds and steps/s, every export phase from export.json
-(surface, clean, decimate, colours, texture, views, video) and what is left (writing, process exit); the
+(start-up: imports, prior, recipe, and that step), each stage's seconds and steps/s (validation grids and
+checkpoints included), every export phase from export.json (surface, clean, decimate, colours, texture, views,
+video) and what is left of the wall time (start-up before the first stage, writing, process exit); the
 medians over the runs; and one steady-state step profile of the first stage (``outside_prior_share``).
 """
 
@@ -284,7 +285,7 @@ def bench_default(prompt: str, recipe: str, overrides: list[str], repeats: int) 
             stages = {m[1]: {"steps": int(m[2]), "seconds": float(m[3]), "steps_per_s": float(m[4])}
                       for m in re.finditer(r"stage \d+ (\S+): (\d+) steps in ([\d.]+)s \(([\d.]+) it/s\)", log)}
             export = json.loads((run_dir / "export" / "export.json").read_text())["seconds"]
-            accounted = (first_step or 0.0) + sum(st["seconds"] for st in stages.values()) + sum(export.values())
+            accounted = sum(st["seconds"] for st in stages.values()) + sum(export.values())
             runs.append({"wall_s": round(wall, 3), "first_step_s": round(first_step or 0.0, 3), "stages": stages,
                          "export_s": export, "other_s": round(wall - accounted, 3)})
     medians = {"wall_s": _median([r["wall_s"] for r in runs]), "first_step_s": _median([r["first_step_s"] for r in runs]),

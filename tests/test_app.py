@@ -250,3 +250,42 @@ def test_texture_tab_checks_the_mesh_and_paints_it_through_the_queue(tmp_path):
         assert np.allclose(corners, np.unique(np.asarray(cube.vertices).round(6), axis=0), atol=1e-6)
     finally:
         app.queue.close()
+
+
+def test_edit_this_result_queues_a_new_run_and_keeps_the_original(tmp_path):
+    """"Edit this result" runs ``threed edit`` on a finished run into a new run the app lists; the original's
+    files stay byte for byte; an unfinished run or an empty prompt is refused before anything is made."""
+    import hashlib
+
+    import threed
+    from small_recipes import TINY_QUICKSTART
+
+    out = tmp_path / "out"
+    out.mkdir()
+    threed.generate("a red cube", out=out / "red", overrides={**TINY_QUICKSTART, "export.video": False})
+    threed.generate("a red cube", out=out / "half", overrides={**TINY_QUICKSTART, "max_steps": 2})
+    (out / "half" / "stages" / "0-coarse" / "last.pt").unlink()  # as if stopped before its first checkpoint
+    digest = lambda: {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "red").rglob("*")  # noqa: E731
+                      if p.is_file() and p.name != ".lock"}
+    before = digest()
+    app = App(out, JobQueue(out, envs=[{}]))
+    try:
+        with pytest.raises(ThreedError, match="new prompt is empty"):
+            app.edit("red", "  ")
+        with pytest.raises(ThreedError, match="unfinished"):
+            app.edit("half", "a blue cube")
+        with pytest.raises(ThreedError, match="not KEY=VALUE"):
+            app.edit("red", "a blue cube", overrides=["--out=/etc"])
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["half", "red"]
+
+        name = app.edit("red", "a blue cube", steps=2, overrides=["stages.0.val_every=0", "export.video=false",
+                                                                    "export.views=0", "export.texture=vertex"])
+        wait_for(lambda: app.queue.get(name).state in ("done", "failed"), 240, "the edit job")
+        assert app.queue.get(name).state == "done", app.status(app.view(name))
+        config = load_run_config(out / name)
+        assert config.prompt == "a blue cube" and config.edit is not None
+        assert Path(config.edit.run) == (out / "red").resolve()
+        assert app.view(name).glb is not None
+        assert digest() == before
+    finally:
+        app.queue.close()

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from threed.commands import Generate, Texture
+from threed.commands import Edit, Generate, Texture
 from threed.errors import ThreedError
 from threed.image_files import check_image_file
 from threed.mesh_files import read_user_mesh
@@ -73,13 +73,7 @@ class JobRequest:
         for label, value in (("steps", self.steps), ("preview every", self.preview_every)):
             if value is not None and value < 1:
                 raise ThreedError(f"{label} must be a positive number of steps, or blank for the recipe's")
-        if self.prompt.lstrip().startswith("-"):
-            raise ThreedError("a prompt cannot start with '-'")
-        for item in self.overrides:
-            if not OVERRIDE.fullmatch(item):
-                raise ThreedError(f"override {item!r} is not KEY=VALUE (one per line, e.g. max_steps=200)")
-            if item.split("=", 1)[0] in FORM_KEYS:
-                raise ThreedError(f"set {item.split('=', 1)[0]!r} with the form, not as an override")
+        check_prompt_and_overrides(self.prompt, self.overrides)
         if self.image is not None:
             check_image(self.image, self.mask)
         if self.mesh is not None:
@@ -113,6 +107,53 @@ class JobRequest:
     def command(self, out: Path) -> list[str]:
         """``threed`` arguments that run this request into run folder ``out``."""
         return (self.generate(out) if self.mesh is None else self.texture(out)).argv()
+
+
+@dataclass
+class EditRequest:
+    """"Edit this result": a finished run, the new prompt, the editing rule and the form's settings."""
+
+    source: Path
+    """The finished run folder to edit (it is only read)."""
+    prompt: str
+    """What it should become, e.g. "a blue cube"."""
+    rule: str = "dds"
+    """dds, pds or sds (``threed edit --rule``)."""
+    steps: int | None = None
+    """Caps the edit's steps (``max_steps``); None keeps the edit recipe's."""
+    overrides: list[str] = field(default_factory=list)
+    """Further ``KEY=VALUE`` overrides of the edit recipe."""
+
+    def validate(self) -> None:
+        """A :class:`ThreedError` with what to fix: an empty prompt, a bad override, a run that cannot be edited
+        (unfinished, being written...)."""
+        from threed.editing import check_source_run
+
+        if not self.prompt.strip():
+            raise ThreedError('the new prompt is empty: say what the result should become, e.g. "a blue cube"')
+        if self.rule not in ("dds", "pds", "sds"):
+            raise ThreedError(f"unknown editing rule {self.rule!r}: choose dds, pds or sds")
+        if self.steps is not None and self.steps < 1:
+            raise ThreedError("steps must be a positive number of steps, or blank for the edit recipe's")
+        check_prompt_and_overrides(self.prompt, self.overrides)
+        check_source_run(self.source)
+
+    def command(self, out: Path) -> list[str]:
+        """``threed edit`` arguments that write the edit into run folder ``out``."""
+        items = [str(self.source), self.prompt.strip(), *([f"max_steps={self.steps}"] if self.steps else []),
+                 *self.overrides]
+        return Edit(items=items, rule=self.rule, out=str(out)).argv()
+
+
+def check_prompt_and_overrides(prompt: str, overrides: list[str]) -> None:
+    """A prompt that would read as an option, or an override that is not ``KEY=VALUE`` or sets a form field."""
+    if prompt.lstrip().startswith("-"):
+        raise ThreedError("a prompt cannot start with '-'")
+    for item in overrides:
+        if not OVERRIDE.fullmatch(item):
+            raise ThreedError(f"override {item!r} is not KEY=VALUE (one per line, e.g. max_steps=200)")
+        if item.split("=", 1)[0] in FORM_KEYS:
+            raise ThreedError(f"set {item.split('=', 1)[0]!r} with the form, not as an override")
 
 
 def resume_command(run: Path) -> list[str]:

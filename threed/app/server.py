@@ -23,7 +23,7 @@ from pathlib import Path
 
 from threed.app.access import Credentials, resolve_access
 from threed.app.jobs import JobQueue, QueueLimits
-from threed.app.request import JobRequest, resume_command
+from threed.app.request import EditRequest, JobRequest, resume_command
 from threed.app.runs import RunView, list_runs, new_run_name, obj_zip, run_dir, view_run
 from threed.app.uploads import MAX_UPLOAD_BYTES, check_mesh_upload, check_upload, image_input
 from threed.errors import ThreedError
@@ -109,6 +109,24 @@ class App:
                 shutil.rmtree(path, ignore_errors=True)  # a failed copy, or the server began shutting down
                 raise
         return name
+
+    def edit(self, name: str, prompt: str, rule: str = "dds", client: str = "local", steps: int | None = None,
+             overrides: list[str] | None = None) -> str:
+        """Queue an edit of finished run ``name`` toward ``prompt`` (``threed edit``) into a new run; returns its
+        name. The original is only read; a run that cannot be edited is refused before anything is made."""
+        request = EditRequest(run_dir(self.root, name), prompt, rule, steps, list(overrides or []))
+        request.validate()
+        with self._making:
+            self.queue.check_room(client)
+            new = new_run_name(self.root, prompt)
+            path = run_dir(self.root, new, must_exist=False)
+            path.mkdir(parents=True)
+            try:
+                self.queue.submit(new, request.command(path), client)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)
+                raise
+        return new
 
     def resume(self, name: str, client: str = "local") -> str:
         """Queue the continuation of an unfinished, cancelled or failed run."""
@@ -283,6 +301,16 @@ def build(root: Path, queue: JobQueue | None = None):
                                  elem_id="threed-video", visible=False)
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
                                     elem_id="threed-downloads", visible=False)
+                with gr.Accordion("Edit this result", open=False, elem_id="threed-edit-panel"):
+                    with gr.Row():
+                        edit_prompt = gr.Textbox(label="New prompt (a new run; this one is kept)",
+                                                 placeholder='e.g. "a blue cube"', scale=3,
+                                                 elem_id="threed-edit-prompt")
+                        edit_rule = gr.Dropdown([("DDS (Delta Denoising Score)", "dds"),
+                                                 ("PDS (Posterior Distillation Sampling)", "pds"),
+                                                 ("SDS from this start", "sds")], value="dds", label="Rule",
+                                                scale=2, elem_id="threed-edit-rule")
+                    edit = gr.Button("Edit this result", elem_id="threed-edit")
 
         def panel(name, seen, relist=False):
             """The right-hand side for run ``name``: status always, the rest only when it changed since ``seen``."""
@@ -330,6 +358,12 @@ def build(root: Path, queue: JobQueue | None = None):
                              overrides=parse_overrides(overrides), mesh=Path(mesh), up=up or "y")
             return follow(app.submit, job, client_of(request))
 
+        def on_edit(name, text, rule, steps, overrides, request):
+            if not name:
+                return (gr.skip(), "open a finished run first: its result is what gets edited") + (gr.skip(),) * 7
+            return follow(app.edit, name, text or "", rule or "dds", client_of(request),
+                          int(steps) if steps else None, parse_overrides(overrides))
+
         def on_cancel(name):
             if not name:
                 return "there is no run on this page to cancel"
@@ -354,7 +388,7 @@ def build(root: Path, queue: JobQueue | None = None):
             except ThreedError as exc:
                 return (str(exc),) + (gr.skip(),) * 6
 
-        for handler in (on_generate, on_texture, on_resume):  # gradio finds gr.Request by type; annotations here are strings
+        for handler in (on_generate, on_texture, on_edit, on_resume):  # gradio finds gr.Request by type; annotations here are strings
             handler.__annotations__["request"] = gr.Request
         shows = [status, preview, viewer, video, downloads, runs, shown]
         generate.click(on_generate, [prompt, image, mask, recipe, steps, seed, preview_every, model, overrides],
@@ -362,6 +396,8 @@ def build(root: Path, queue: JobQueue | None = None):
                        show_progress="hidden")
         texture.click(on_texture, [mesh, up, paint, texture_recipe, steps, seed, preview_every, model, overrides],
                       [current, message, *shows], api_name="texture", show_progress="hidden")
+        edit.click(on_edit, [current, edit_prompt, edit_rule, steps, overrides], [current, message, *shows],
+                   api_name="edit", show_progress="hidden")
         cancel.click(on_cancel, current, message, api_name="cancel", show_progress="hidden")
         resume.click(on_resume, runs, [current, message, *shows], api_name="resume", show_progress="hidden")
         runs.input(on_open, runs, [current, message, *shows], api_name="open_run", show_progress="hidden")
