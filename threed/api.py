@@ -42,6 +42,7 @@ from threed.recipes import DEFAULT_IMAGE_RECIPE, DEFAULT_RECIPE, DEFAULT_TEXTURE
 from threed.render.shading import Shading
 from threed.run import RunLayout
 from threed.scene import Scene
+from threed.source import LoadedSource
 
 ProgressCallback = Callable[[Progress], None]
 Overrides = Mapping[str, Any] | Sequence[str]
@@ -125,12 +126,13 @@ class Run:
         self._go(progress)
         return self
 
-    def _go(self, progress: ProgressCallback | None, priors: PriorCache | None = None, mesh: UserMesh | None = None
-            ) -> None:
+    def _go(self, progress: ProgressCallback | None, priors: PriorCache | None = None, mesh: UserMesh | None = None,
+            source: LoadedSource | None = None) -> None:
         """Run the recipe to the end and export; ``priors``: a prior cache kept across runs (internal: the batch
-        runner's workers pass theirs, so a prior loads once per worker); ``mesh``: a new texture run's mesh, read."""
+        runner's workers pass theirs, so a prior loads once per worker); ``mesh``: a new texture run's mesh, read;
+        ``source``: a new edit run's original checkpoint, read."""
         print(f"run directory: {self.path}", file=sys.stderr)
-        self.files = run_recipe(self.config, self.path, priors=priors, progress=progress, mesh=mesh)
+        self.files = run_recipe(self.config, self.path, priors=priors, progress=progress, mesh=mesh, source=source)
 
     def _scene(self) -> Scene:
         return Scene.from_checkpoint(last_checkpoint(self.path, self.config), resolve_device(self.config.device))
@@ -279,18 +281,16 @@ def edit(run_dir: PathLike, prompt: str, *, rule: str = "dds", source_prompt: st
     writing it); the new run keeps a copy of its checkpoint and records where it came from (``edit`` in its
     ``config.yaml`` and ``export.json``).
     """
-    from threed.checkpoint import Checkpoint
     from threed.editing import EditDefaults, check_source_run, edit_recipe
 
     if not prompt.strip():
         raise ThreedError('the prompt is empty: give the new prompt, e.g. threed edit RUN_DIR "a blue cube"')
-    source_cfg, source = check_source_run(Path(run_dir))
-    scene_config = Checkpoint.load(source.checkpoint).scene_config
-    cfg = edit_recipe(source_cfg, source, prompt, scene_config, EditDefaults(rule=rule), source_prompt,
-                      overrides or ())
+    source_cfg, source, loaded = check_source_run(Path(run_dir))
+    cfg = edit_recipe(source_cfg, source, prompt, loaded.checkpoint.scene_config, EditDefaults(rule=rule),
+                      source_prompt, overrides or ())
     run_dir_new = Path(out) if out is not None else default_run_dir(prompt)
     if RunLayout(run_dir_new).is_run:
         raise ThreedError(f"{run_dir_new} already holds a run; choose another --out")
     run = Run(run_dir_new, cfg)
-    run._go(progress)
+    run._go(progress, source=loaded)
     return run

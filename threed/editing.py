@@ -32,7 +32,7 @@ from threed.guidance.registry import GUIDANCES
 from threed.recipe import RecipeConfig, load_run_config, recipe_from, run_layout
 from threed.run import RunLayout
 from threed.scene import SCENE_CONFIGS
-from threed.source import EditSource, sha256
+from threed.source import EditSource, LoadedSource, sha256
 
 EDIT_RULES = ("dds", "pds", "sds")
 """The rules ``threed edit --rule`` offers: the two editing rules, and plain SDS from the same start (for
@@ -58,8 +58,9 @@ class EditDefaults:
     over pixels, so 1000 is about one pixel's worth of the guidance at 32 px. A shape edit sets it to 0."""
 
 
-def check_source_run(run_dir: str | Path) -> tuple[RecipeConfig, EditSource]:
-    """The recipe of the finished run in ``run_dir`` and where its asset is (:class:`EditSource`), or a
+def check_source_run(run_dir: str | Path) -> tuple[RecipeConfig, EditSource, LoadedSource]:
+    """The recipe of the finished run in ``run_dir``, where its asset is (:class:`EditSource`) and that
+    checkpoint, read once (its bytes, hashed here and copied into the edit run, and its contents), or a
     :class:`ThreedError` saying why it cannot be edited: missing, not a run, being written, unfinished."""
     path = Path(run_dir).expanduser()
     if not path.exists():
@@ -80,9 +81,10 @@ def check_source_run(run_dir: str | Path) -> tuple[RecipeConfig, EditSource]:
     if not ckpt.done:
         raise ThreedError(f"{path} is unfinished (stage {stage.name!r} at step {ckpt.step} of "
                           f"{ckpt.total_steps}): finish it with threed generate --resume {path}, then edit it")
+    data = file.read_bytes()
     source = EditSource(run=str(path.resolve()), prompt=cfg.prompt, stage=ckpt.stage, step=ckpt.step,
-                        checkpoint=str(file.resolve()), sha256=sha256(file.read_bytes()))
-    return cfg, source
+                        checkpoint=str(file.resolve()), sha256=sha256(data))
+    return cfg, source, LoadedSource(data, ckpt)
 
 
 def edit_recipe(source_cfg: RecipeConfig, source: EditSource, prompt: str, scene_config: Mapping[str, Any],

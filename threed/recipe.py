@@ -230,7 +230,8 @@ def run_mesh(cfg: RecipeConfig, layout: RunLayout) -> UserMesh | None:
 
 
 def run_recipe(cfg: RecipeConfig, run_dir: Path, priors: PriorCache | None = None,
-               progress: Callable[[Progress], None] | None = None, mesh: UserMesh | None = None) -> dict[str, Path]:
+               progress: Callable[[Progress], None] | None = None, mesh: UserMesh | None = None,
+               source: LoadedSource | None = None) -> dict[str, Path]:
     """Run every stage of ``cfg`` in ``run_dir`` (continuing finished/partial stages), then export.
 
     The run holds ``run_dir``'s lock throughout (:meth:`RunLayout.hold`), so a second writer is refused. A new
@@ -240,12 +241,16 @@ def run_recipe(cfg: RecipeConfig, run_dir: Path, priors: PriorCache | None = Non
     ``priors`` holds the loaded priors (a worker serving many runs passes its own, so that a prior loads
     once per worker); by default the run loads its own. ``progress`` is called with every stage's reports.
     ``mesh``: a texture run's mesh when the caller has read ``cfg.mesh`` already (default: read here); a new run
-    copies it into ``RUN/input/``, a resumed one reads that copy."""
+    copies it into ``RUN/input/``, a resumed one reads that copy. ``source``: likewise, a new edit run's original
+    checkpoint when the caller has read it already (:func:`threed.editing.check_source_run`)."""
     validate_inputs(cfg)
     device = resolve_device(cfg.device)
     layout = run_layout(run_dir, cfg)
     mesh = mesh if mesh is not None and not layout.is_run else run_mesh(cfg, layout)
-    source = read_source(cfg.edit, layout) if cfg.edit is not None else None
+    if cfg.edit is None:
+        source = None
+    elif source is None or layout.is_run:
+        source = read_source(cfg.edit, layout)
     ctx = RunContext(prompt=cfg.prompt, model=cfg.model, device=device, seed=cfg.seed,
                      max_steps=cfg.max_steps, run_dir=run_dir, image=cfg.image, mask=cfg.mask, depth=cfg.depth,
                      image_model=cfg.image_model, priors=priors or PriorCache(), progress=progress, mesh=mesh,

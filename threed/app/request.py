@@ -78,15 +78,14 @@ class JobRequest:
             check_image(self.image, self.mask)
         if self.mesh is not None:
             read_user_mesh(self.mesh, "z" if self.up == "z" else "y")  # unreadable, empty, a point cloud...: said now
-        texture = paints_a_mesh(load_recipe(self.recipe))
-        if self.mesh is not None and not texture:
-            raise ThreedError(f"the recipe {self.recipe!r} makes its own surface and would ignore the mesh: choose a "
-                              "texture recipe (texture on a CPU, texture-sd with Stable Diffusion)")
-        if self.mesh is None and texture:
-            raise ThreedError(f"the recipe {self.recipe!r} paints a given mesh: upload one under "
-                              "\"Texture a mesh\", or choose a text-to-3D recipe")
         cfg = load_recipe(self.recipe, self.recipe_overrides(), prompt=self.prompt.strip() or None,
                           **({"mesh": str(self.mesh), "up": self.up} if self.mesh is not None else {}))
+        if self.mesh is not None and not paints_a_mesh(cfg):
+            raise ThreedError(f"the recipe {self.recipe!r} makes its own surface and would ignore the mesh: choose a "
+                              "texture recipe (texture on a CPU, texture-sd with Stable Diffusion)")
+        if self.mesh is None and paints_a_mesh(cfg):
+            raise ThreedError(f"the recipe {self.recipe!r} paints a given mesh: upload one under "
+                              "\"Texture a mesh\", or choose a text-to-3D recipe")
         if self.image is not None and all(s.reference is None for s in cfg.stages):
             raise ThreedError(f"the recipe {self.recipe!r} is text-to-3D and would ignore the photo: choose an "
                               "image-to-3D recipe (quickstart-image, zero123 or magic123)")
