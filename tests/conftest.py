@@ -15,6 +15,14 @@ CHECKED = ["threed"]
 if os.environ.get("THREED_SHAPE_CHECKS", "1") != "0":
     _SHAPE_CHECKS = install_import_hook(CHECKED, "type_checks.checker")  # kept for the whole session
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # pytest -n N: the N workers share the cores, so each takes its share of torch's threads, and so do the
+    # runs it starts (app jobs, notebook kernels: torch reads OMP_NUM_THREADS on import). With -n 2 on 2 busy
+    # cores the suite took 628 s at two threads a worker, 533 s at one. Processes that set their own thread
+    # count (batch workers, the kill harness) keep it.
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+
 from threed.runtime import tune_cpu_runtime  # noqa: E402
 
 tune_cpu_runtime()  # as the CLI does, before tiny_models imports torch
