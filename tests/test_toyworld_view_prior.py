@@ -51,13 +51,14 @@ def test_novel_view_samples_show_the_references_other_sides(prior):
 
 
 def test_one_photo_reconstruction_matches_the_other_sides(tmp_path):
-    """quickstart-image on the red-cube photo (300 of its 600 steps, seed 0): the photo at the reference camera,
+    """quickstart-image on the red-cube photo (200 of its 600 steps, seed 0): the photo at the reference camera,
     and at Δazimuth 90/180/270 the cube's silhouette in red. With the reference losses alone the side views'
-    mask IoU is 0.85 (0.914 with the prior, measured); the view prior's SDS is what lifts it over the bar."""
+    mask IoU is 0.863 (0.903 with the prior, 0.897 on seed 1; at 300 steps 0.85 and 0.914, measured); the view
+    prior's SDS is what lifts it over the bar."""
     from threed.toyworld.score_views import reconstruct_and_score
 
     report = reconstruct_and_score("quickstart-image", "a red cube", ROOT / "assets" / "examples" / "red-cube.png",
-                                   ["stages.0.steps=300", "stages.0.val_every=0"], tmp_path)
+                                   ["stages.0.steps=200", "stages.0.val_every=0"], tmp_path)
     assert report["reference_psnr"] >= 25.0, report
     assert report["novel_colour_ok"] == 1.0, report
     assert report["novel_iou"] >= 0.89, report
