@@ -56,6 +56,12 @@ def tiny_toy_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_toy_mv_dir(tmp_path_factory) -> Path:
+    """The toy multi-view prior's layout (the toy layout with a camera class embedding, 2 views, multiview.json)."""
+    return make_tiny_toy(tmp_path_factory.mktemp("tiny-toy-mv"), num_views=2)
+
+
+@pytest.fixture(scope="session")
 def tiny_zero123_dir(tmp_path_factory) -> Path:
     """Zero-1-to-3 diffusers-conversion layout (8-channel UNet, VAE, CLIP image encoder, cc_projection)."""
     return make_tiny_zero123(tmp_path_factory.mktemp("tiny-zero123"))

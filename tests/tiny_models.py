@@ -70,14 +70,14 @@ def _clip_text_model(vocab_size: int, hidden: int = 32):
                                         bos_token_id=0, eos_token_id=1, pad_token_id=1))
 
 
-def _cross_attn_unet(channels: int, out_channels: int, sample_size: int, cross_dim: int = 32):
+def _cross_attn_unet(channels: int, out_channels: int, sample_size: int, cross_dim: int = 32, **extra):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(sample_size=sample_size, in_channels=channels, out_channels=out_channels,
                                 block_out_channels=(32, 64), layers_per_block=1,
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                cross_attention_dim=cross_dim, attention_head_dim=8)
+                                cross_attention_dim=cross_dim, attention_head_dim=8, **extra)
 
 
 def make_tiny_sd(path: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
@@ -173,11 +173,12 @@ def make_tiny_if(path: str | Path, seed: int = 0, sentencepiece: bool = False) -
     return path
 
 
-def make_tiny_toy(path: str | Path, seed: int = 0) -> Path:
+def make_tiny_toy(path: str | Path, seed: int = 0, num_views: int = 0) -> Path:
     """The toy-world prior's layout: pixel UNet + CLIPTextModel + word-level tokenizer + DDPMScheduler, 16 px.
 
     There is no pipeline class for it, so ``model_index.json`` is written by hand, as the toy-world
-    trainer does.
+    trainer does. ``num_views`` > 0: the toy multi-view prior's layout instead (a camera class embedding,
+    a random non-zero one, and ``multiview.json`` for that many views, view prompts on).
     """
     from diffusers import DDPMScheduler
 
@@ -185,7 +186,8 @@ def make_tiny_toy(path: str | Path, seed: int = 0) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         tokenizer = word_level_tokenizer(eos=False, model_max_length=16)
-        parts = {"unet": _cross_attn_unet(3, 3, 16), "text_encoder": _clip_text_model(len(tokenizer)),
+        camera = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": 16} if num_views else {}
+        parts = {"unet": _cross_attn_unet(3, 3, 16, **camera), "text_encoder": _clip_text_model(len(tokenizer)),
                  "tokenizer": tokenizer, "scheduler": DDPMScheduler(num_train_timesteps=1000)}
         index = {"_class_name": "ToyWorldPrior", "_diffusers_version": "0.42.1"}
         for name, part in parts.items():
@@ -193,6 +195,9 @@ def make_tiny_toy(path: str | Path, seed: int = 0) -> Path:
             library = "diffusers" if type(part).__module__.startswith("diffusers") else "transformers"
             index[name] = [library, "PreTrainedTokenizerFast" if name == "tokenizer" else type(part).__name__]
         (path / "model_index.json").write_text(json.dumps(index, indent=2))
+        if num_views:
+            (path / "multiview.json").write_text(json.dumps({"num_views": num_views, "camera_frame": "threed",
+                                                            "view_prompts": True}))
     return path
 
 
