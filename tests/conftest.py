@@ -19,7 +19,8 @@ from threed.runtime import tune_cpu_runtime  # noqa: E402
 
 tune_cpu_runtime()  # as the CLI does, before tiny_models imports torch
 
-from tiny_models import make_tiny_if, make_tiny_sd, make_tiny_sd3, make_tiny_toy, make_tiny_toy_zero123, make_tiny_zero123
+from tiny_models import (make_tiny_if, make_tiny_mvdream, make_tiny_sd, make_tiny_sd3, make_tiny_toy,
+                         make_tiny_toy_zero123, make_tiny_zero123)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,3 +78,9 @@ def tiny_toy_zero123_dir(tmp_path_factory) -> Path:
 def tiny_sd3_dir(tmp_path_factory) -> Path:
     """Stable Diffusion 3 layout (MMDiT flow model, flow-matching scheduler, two CLIPs + T5)."""
     return make_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mvdream_dir(tmp_path_factory) -> Path:
+    """MVDream's diffusers-format conversion (its own MultiViewUNetModel, LDM weight names, SD 2.1 parts)."""
+    return make_tiny_mvdream(tmp_path_factory.mktemp("tiny-mvdream"))
