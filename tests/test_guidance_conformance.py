@@ -24,7 +24,7 @@ PRIORS = {
     "text": ["tiny_sd_dir", "tiny_sd_v_dir", "tiny_toy_dir", "tiny_if_dir"],
     "view": ["tiny_zero123_dir", "tiny_toy_zero123_dir"],
     "flow": ["tiny_sd3_dir"],
-    "multiview": ["tiny_toy_mv_dir"],
+    "multiview": ["tiny_toy_mv_dir", "tiny_mvdream_dir"],
 }
 """Every tiny prior layout of each ``prior_kind``: latent and pixel, epsilon and v, learned variance."""
 
