@@ -240,3 +240,19 @@ def test_the_multi_view_recipes_run_offline_on_cpu_with_the_toy_multi_view_layou
     assert main(["generate", "a red cube", "--recipe", recipe, "--out", str(tmp_path / "bad"), f"model={tiny_toy_mv_dir}",
                  *over, "stages.0.cameras.batch_size=6"]) == 2  # not whole objects: refused before any folder exists
     assert not (tmp_path / "bad").exists()
+
+
+def test_multi_view_guidance_drives_gaussians_and_a_mesh_too(tiny_toy_mv_dir, tmp_path):
+    """The rule is representation-agnostic: the gaussian recipe (3D Gaussians, then a DMTet texture stage) with
+    both stages switched to kind mvdream on whole objects."""
+    from threed.cli import main
+
+    over = ["max_steps=3", "stages.1.scene.init_grid_size=24", "stages.1.scene.geometry.grid_size=12",
+            "stages.0.render_size=16", "stages.1.render_size=16", "export.video=false", "export.views=0",
+            "export.grid_size=24", "export.texture=vertex", "export.formats=[glb]"]
+    mv = [f"stages.{i}.{k}" for i in (0, 1) for k in ("guidance.kind=mvdream", "cameras.batch_size=4",
+                                                      "cameras.views_per_object=4", "prompt.perp_neg=false")]
+    run = tmp_path / "run"
+    assert main(["generate", "a red cube", "--recipe", "gaussian", "--out", str(run), f"model={tiny_toy_mv_dir}",
+                 *over, *mv]) == 0
+    assert (run / "export" / "model.glb").stat().st_size > 0
