@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 MAX_WHEEL_MB = 30.0
-"""The embedded toy priors are about 12 MB of weights (11.9 MB compressed); a package index takes 100 MB by
+"""The three embedded toy priors are about 18 MB of weights (text, view and multi-view); a package index takes 100 MB by
 default. Past this, something that is not a shipped file got in (a training checkpoint, outputs)."""
 DATA = ("threed/recipes/", "threed/priors/")
 

@@ -213,7 +213,8 @@ def prompt_table(jobs: list[Job], entries: dict) -> list[str]:
         size = "·" if h["field_size"] is None else f"{h['field_size']:.2f}"
         wall = "·" if e.get("wall_time_s") is None else f"{e['wall_time_s']:.0f}"
         field = "·" if h["field_iou"] is None else f"{h['field_iou']:.2f} / {h['field_psnr']:.1f}"
-        lines.append(f"| {j.prompt} | {j.seed} | {h['f05']:.2f} / {h['f02']:.2f} | {hw} | {h['delta_e']:.1f} | "
+        de = "·" if h["delta_e"] is None else f"{h['delta_e']:.1f}"  # a pair whose objects were not found
+        lines.append(f"| {j.prompt} | {j.seed} | {h['f05']:.2f} / {h['f02']:.2f} | {hw} | {de} | "
                      f"{h['pieces']} | {h['chamfer_l1']:.4f} | {h['largest']:.2f} | {psnr} | {field} | {size} | "
                      f"{cell_text(e)} | {front} | {wall} |")
     return lines
@@ -484,8 +485,9 @@ def run_sds_rung(job: Job, entries: dict, args, head: str, walls: list[float]) -
     entries[job.key] = {"prompt": job.prompt, "seed": job.seed, "run_dir": str(run_dir), "wall_time_s": wall,
                         "score_time_s": round(time.perf_counter() - t0, 3), "scores": scores}
     h = headline(scores)
-    print(f"{head}: SDS F@0.05 {h['f05']:.2f}, F@0.02 {h['f02']:.2f}, h/w error {h['hw_error']:+.2f}, "
-          f"ΔE {h['delta_e']:.1f}, {h['pieces']} piece(s); nearest class {cell_text(entries[job.key])}"
+    num = lambda v, spec: "·" if v is None else format(v, spec)  # noqa: E731  (a pair with an object not found)
+    print(f"{head}: SDS F@0.05 {h['f05']:.2f}, F@0.02 {h['f02']:.2f}, h/w error {num(h['hw_error'], '+.2f')}, "
+          f"ΔE {num(h['delta_e'], '.1f')}, {h['pieces']} piece(s); nearest class {cell_text(entries[job.key])}"
           f"{'' if wall is None else f'; {wall:.0f} s'}", flush=True)
     return True
 

@@ -27,7 +27,8 @@ from threed.runtime import tune_cpu_runtime  # noqa: E402
 
 tune_cpu_runtime()  # as the CLI does, before tiny_models imports torch
 
-from tiny_models import make_tiny_if, make_tiny_sd, make_tiny_sd3, make_tiny_toy, make_tiny_toy_zero123, make_tiny_zero123
+from tiny_models import (make_tiny_if, make_tiny_mvdream, make_tiny_sd, make_tiny_sd3, make_tiny_toy,
+                         make_tiny_toy_zero123, make_tiny_zero123)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,6 +65,12 @@ def tiny_toy_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_toy_mv_dir(tmp_path_factory) -> Path:
+    """The toy multi-view prior's layout (the toy layout with a camera class embedding, 2 views, multiview.json)."""
+    return make_tiny_toy(tmp_path_factory.mktemp("tiny-toy-mv"), num_views=2)
+
+
+@pytest.fixture(scope="session")
 def tiny_zero123_dir(tmp_path_factory) -> Path:
     """Zero-1-to-3 diffusers-conversion layout (8-channel UNet, VAE, CLIP image encoder, cc_projection)."""
     return make_tiny_zero123(tmp_path_factory.mktemp("tiny-zero123"))
@@ -79,3 +86,9 @@ def tiny_toy_zero123_dir(tmp_path_factory) -> Path:
 def tiny_sd3_dir(tmp_path_factory) -> Path:
     """Stable Diffusion 3 layout (MMDiT flow model, flow-matching scheduler, two CLIPs + T5)."""
     return make_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mvdream_dir(tmp_path_factory) -> Path:
+    """MVDream's diffusers-format conversion (its own MultiViewUNetModel, LDM weight names, SD 2.1 parts)."""
+    return make_tiny_mvdream(tmp_path_factory.mktemp("tiny-mvdream"))

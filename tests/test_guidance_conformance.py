@@ -24,6 +24,7 @@ PRIORS = {
     "text": ["tiny_sd_dir", "tiny_sd_v_dir", "tiny_toy_dir", "tiny_if_dir"],
     "view": ["tiny_zero123_dir", "tiny_toy_zero123_dir"],
     "flow": ["tiny_sd3_dir"],
+    "multiview": ["tiny_toy_mv_dir", "tiny_mvdream_dir"],
 }
 """Every tiny prior layout of each ``prior_kind``: latent and pixel, epsilon and v, learned variance."""
 
@@ -36,6 +37,14 @@ TINY = {"nfsd": {"negative_prompt": "a blue dog"}, "csd": {"negative_prompt": "a
 
 def rule(kind: str):
     return GUIDANCES.implementation(GUIDANCES.config(kind)())
+
+
+def cameras(kind: str, size: int) -> Cameras:
+    """Two views at different elevations; a multi-view rule gets whole objects instead (4 views at one elevation,
+    90 degrees apart: one object of a 4-view prior, two of a 2-view one)."""
+    if rule(kind).prior_kind == "multiview":
+        return Cameras.orbit(elevation=[15.0] * 4, azimuth=[20, 110, 200, 290], distance=3.0, fovy_deg=40, height=size)
+    return Cameras.orbit(elevation=[0, 30], azimuth=[20, 200], distance=3.0, fovy_deg=40, height=size)
 
 
 CASES = [(kind, layout) for kind in GUIDANCES.kinds() for layout in PRIORS[rule(kind).prior_kind]]
@@ -58,10 +67,11 @@ def test_every_rule_runs_on_every_prior_it_takes(kind, layout, request, priors):
     guidance = build_guidance(cfg, inputs)
     assert type(guidance) is GUIDANCES.implementation(cfg) and guidance.prior.name == model
     guidance.update(1, 4)
-    rgb = torch.rand(2, 20, 20, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)  # resized
-    cams = Cameras.orbit(elevation=[0, 30], azimuth=[20, 200], distance=3.0, fovy_deg=40, height=20)
-    ones = torch.ones(2, 20, 20, 1)
-    source = RenderOut(rgb=torch.rand(2, 20, 20, 3, generator=torch.Generator().manual_seed(2)), opacity=ones,
+    cams = cameras(kind, 20)
+    n = len(cams)
+    rgb = torch.rand(n, 20, 20, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)  # resized
+    ones = torch.ones(n, 20, 20, 1)
+    source = RenderOut(rgb=torch.rand(n, 20, 20, 3, generator=torch.Generator().manual_seed(2)), opacity=ones,
                        depth=ones)  # the original asset's render, which editing rules compare with (others ignore it)
     result = guidance(RenderOut(rgb=rgb, opacity=ones, depth=ones), cams, source=source)
     assert result.loss.shape == () and torch.isfinite(result.loss)
@@ -86,8 +96,8 @@ def test_every_rule_moves_to_cuda_in_half_precision(kind, request):
                             image=str(EXAMPLE), view=ReferenceViewConfig(resolution=16))
     guidance = build_guidance(GUIDANCES.config(kind)(**TINY.get(kind, {})), inputs)
     assert guidance.prior.dtype == torch.float16
-    rgb = torch.rand(2, 16, 16, 3, device="cuda", requires_grad=True)
-    cams = Cameras.orbit(elevation=[0, 30], azimuth=[20, 200], distance=3.0, fovy_deg=40, height=16).to("cuda")
+    cams = cameras(kind, 16).to("cuda")
+    rgb = torch.rand(len(cams), 16, 16, 3, device="cuda", requires_grad=True)
     source = RenderOut(rgb=rgb.detach().flip(1), opacity=rgb[..., :1].detach(), depth=rgb[..., :1].detach())
     guidance(RenderOut(rgb=rgb, opacity=rgb[..., :1], depth=rgb[..., :1]), cams, source=source).loss.backward()
     assert rgb.grad.dtype == torch.float32 and torch.isfinite(rgb.grad).all()

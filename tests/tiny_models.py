@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -70,14 +71,31 @@ def _clip_text_model(vocab_size: int, hidden: int = 32):
                                         bos_token_id=0, eos_token_id=1, pad_token_id=1))
 
 
-def _cross_attn_unet(channels: int, out_channels: int, sample_size: int, cross_dim: int = 32):
+def _cross_attn_unet(channels: int, out_channels: int, sample_size: int, cross_dim: int = 32, **extra):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(sample_size=sample_size, in_channels=channels, out_channels=out_channels,
                                 block_out_channels=(32, 64), layers_per_block=1,
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                cross_attention_dim=cross_dim, attention_head_dim=8)
+                                cross_attention_dim=cross_dim, attention_head_dim=8, **extra)
+
+
+def _tiny_vae(**extra):
+    """An AutoencoderKL of factor 2 for 16 px images (4 latent channels)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(16, 32), norm_num_groups=8, in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         latent_channels=4, sample_size=16, **extra)
+
+
+def _save_parts(path: Path, parts: dict, index: dict) -> None:
+    """Each component saved to its subfolder and entered in ``index`` as (library, class name)."""
+    for name, part in parts.items():
+        part.save_pretrained(path / name)
+        library = "diffusers" if type(part).__module__.startswith("diffusers") else "transformers"
+        index[name] = [library, type(part).__name__]
 
 
 def make_tiny_sd(path: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
@@ -85,16 +103,14 @@ def make_tiny_sd(path: str | Path, prediction_type: str = "epsilon", seed: int =
 
     ``prediction_type="v_prediction"`` ships a DDIMScheduler like SD 2.1; otherwise a PNDMScheduler like SD 1.x.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
 
     path = Path(path)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         with tempfile.TemporaryDirectory() as src:
             tokenizer = _clip_tokenizer(Path(src))
-        vae = AutoencoderKL(block_out_channels=(16, 32), norm_num_groups=8, in_channels=3, out_channels=3,
-                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                            latent_channels=4, sample_size=16)
+        vae = _tiny_vae()
         if prediction_type == "v_prediction":
             scheduler = DDIMScheduler(**_SD_SCHEDULER, clip_sample=False, prediction_type="v_prediction")
         else:
@@ -173,11 +189,12 @@ def make_tiny_if(path: str | Path, seed: int = 0, sentencepiece: bool = False) -
     return path
 
 
-def make_tiny_toy(path: str | Path, seed: int = 0) -> Path:
+def make_tiny_toy(path: str | Path, seed: int = 0, num_views: int = 0) -> Path:
     """The toy-world prior's layout: pixel UNet + CLIPTextModel + word-level tokenizer + DDPMScheduler, 16 px.
 
     There is no pipeline class for it, so ``model_index.json`` is written by hand, as the toy-world
-    trainer does.
+    trainer does. ``num_views`` > 0: the toy multi-view prior's layout instead (a camera class embedding,
+    a random non-zero one, and ``multiview.json`` for that many views, view prompts on).
     """
     from diffusers import DDPMScheduler
 
@@ -185,13 +202,49 @@ def make_tiny_toy(path: str | Path, seed: int = 0) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         tokenizer = word_level_tokenizer(eos=False, model_max_length=16)
-        parts = {"unet": _cross_attn_unet(3, 3, 16), "text_encoder": _clip_text_model(len(tokenizer)),
+        camera = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": 16} if num_views else {}
+        parts = {"unet": _cross_attn_unet(3, 3, 16, **camera), "text_encoder": _clip_text_model(len(tokenizer)),
                  "tokenizer": tokenizer, "scheduler": DDPMScheduler(num_train_timesteps=1000)}
         index = {"_class_name": "ToyWorldPrior", "_diffusers_version": "0.42.1"}
         for name, part in parts.items():
             part.save_pretrained(path / name)
             library = "diffusers" if type(part).__module__.startswith("diffusers") else "transformers"
             index[name] = [library, "PreTrainedTokenizerFast" if name == "tokenizer" else type(part).__name__]
+        (path / "model_index.json").write_text(json.dumps(index, indent=2))
+        if num_views:
+            (path / "multiview.json").write_text(json.dumps({"num_views": num_views, "camera_frame": "threed",
+                                                            "view_prompts": True}))
+    return path
+
+
+TINY_MVDREAM_UNET: dict[str, Any] = dict(
+    image_size=8, in_channels=4, model_channels=32, out_channels=4, num_res_blocks=2, attention_resolutions=[1, 2],
+    channel_mult=[1, 2, 2], num_head_channels=16, context_dim=32, camera_dim=16, transformer_depth=1)
+"""A tiny MultiViewUNetModel shaped like SD-2.1 MVDream's: two res blocks a level, attention at every level but the
+last, heads of fixed width, 8x8 latents (32 channels: its GroupNorms have 32 groups)."""
+
+
+def make_tiny_mvdream(path: str | Path, seed: int = 0) -> Path:
+    """The diffusers-format conversion of MVDream (ashawkey/mvdream-sd2.1-diffusers): MVDream's own UNet class
+    (``unet/config.json`` of MultiViewUNetModel arguments, LDM-named random weights from
+    ``mvdream_reference``), AutoencoderKL (factor 2, 16 px), CLIP text encoder (width 32) and tokenizer, DDIMScheduler
+    (epsilon, SD's schedule); ``model_index.json`` as that repo writes it (the UNet's library is the remote-code
+    file ``mv_unet``, no image encoder), no ``multiview.json``."""
+    from diffusers import DDIMScheduler
+    from mvdream_reference import MultiViewUNetModel, randomize, save_mvdream_unet
+
+    path = Path(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        with tempfile.TemporaryDirectory() as src:
+            tokenizer = _clip_tokenizer(Path(src))
+        parts = {"vae": _tiny_vae(), "text_encoder": _clip_text_model(len(tokenizer)), "tokenizer": tokenizer,
+                 "scheduler": DDIMScheduler(**_SD_SCHEDULER, clip_sample=False, prediction_type="epsilon")}
+        index = {"_class_name": "MVDreamPipeline", "_diffusers_version": "0.25.0", "feature_extractor": [None, None],
+                 "image_encoder": [None, None], "requires_safety_checker": False,
+                 "unet": ["mv_unet", "MultiViewUNetModel"]}
+        _save_parts(path, parts, index)
+        save_mvdream_unet(randomize(MultiViewUNetModel(**TINY_MVDREAM_UNET), seed), path / "unet")
         (path / "model_index.json").write_text(json.dumps(index, indent=2))
     return path
 
@@ -290,7 +343,7 @@ as bennyguo's and ashawkey's conversions do).
 
     ``model_index.json`` names the projection's remote pipeline class, as the real repos do.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler
+    from diffusers import DDIMScheduler
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from threed.guidance.zero123 import save_projection
@@ -298,9 +351,7 @@ as bennyguo's and ashawkey's conversions do).
     path = Path(path)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        vae = AutoencoderKL(block_out_channels=(16, 32), norm_num_groups=8, in_channels=3, out_channels=3,
-                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                            latent_channels=4, sample_size=16)
+        vae = _tiny_vae()
         encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
             hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
             patch_size=8, projection_dim=16))
@@ -310,10 +361,7 @@ as bennyguo's and ashawkey's conversions do).
                  "scheduler": DDIMScheduler(**_SD_SCHEDULER, clip_sample=False, prediction_type="epsilon")}
         index = {"_class_name": "Zero1to3StableDiffusionPipeline", "_diffusers_version": "0.42.1",
                  projection_name: ["pipeline_zero1to3", "CCProjection"]}
-        for name, part in parts.items():
-            part.save_pretrained(path / name)
-            library = "diffusers" if type(part).__module__.startswith("diffusers") else "transformers"
-            index[name] = [library, type(part).__name__]
+        _save_parts(path, parts, index)
         save_projection(torch.nn.Linear(16 + 4, 32), path / projection_name)
         (path / "model_index.json").write_text(json.dumps(index, indent=2))
     return path
@@ -341,7 +389,7 @@ def make_tiny_sd3(path: str | Path, seed: int = 0) -> Path:
     SD3's shift and scale), FlowMatchEulerDiscreteScheduler (shift 3, as SD3 ships it), two
     CLIPTextModelWithProjection (width 16, projection 16: concatenated, 32 = the joint width) with CLIP
     tokenizers, and a T5EncoderModel (d_model 32) with a word-level tokenizer."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     path = Path(path)
@@ -364,9 +412,7 @@ def make_tiny_sd3(path: str | Path, seed: int = 0) -> Path:
         transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
                                             attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
                                             caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=16)
-        vae = AutoencoderKL(block_out_channels=(16, 32), norm_num_groups=8, in_channels=3, out_channels=3,
-                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                            latent_channels=4, sample_size=16, shift_factor=0.0609, scaling_factor=1.5305)
+        vae = _tiny_vae(shift_factor=0.0609, scaling_factor=1.5305)
         pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                                         vae=vae, text_encoder=clip(), tokenizer=tokenizer, text_encoder_2=clip(),
                                         tokenizer_2=tokenizer_2, text_encoder_3=t5, tokenizer_3=tokenizer_3)

@@ -175,10 +175,21 @@ class CameraSamplerConfig:
     """Maximum angle between the light direction and the camera direction."""
     batch_size: int = 1
     """Cameras per training step (the prior scores them as one batch)."""
+    views_per_object: int = 1
+    """Views of one object per group, for a multi-view prior (MVDream's layout, 4): each group of this many
+    adjacent cameras has azimuths 360/views_per_object apart from a random start and shares one elevation,
+    distance, field of view and light; ``batch_size`` must be a multiple of it. 1 = independent cameras."""
     eval_elevation: float = 15.0
     """Elevation of validation and turntable cameras."""
     eval_distance: float = 2.75
     eval_fovy: float = 40.0
+
+    def __post_init__(self):
+        if self.views_per_object < 1:
+            raise ValueError(f"views_per_object must be >= 1, got {self.views_per_object}")
+        if self.batch_size % self.views_per_object:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of views_per_object "
+                             f"{self.views_per_object}: a batch holds whole objects")
 
 
 @dataclass
@@ -189,26 +200,35 @@ class CameraSampler:
 
     def sample(self, height: int, width: int | None = None, generator: torch.Generator | None = None,
                batch_size: int | None = None) -> Cameras:
-        b = batch_size or self.cfg.batch_size
+        b, v = batch_size or self.cfg.batch_size, self.cfg.views_per_object
+        if b % v:
+            raise ValueError(f"a batch of {b} cameras cannot hold whole objects of views_per_object={v} views; "
+                             f"make cameras.batch_size a multiple of {v}")
+        g = b // v  # independent draws: one per object
 
-        def uniform(lo_hi, n=b):
+        def uniform(lo_hi, n=g):
             lo, hi = lo_hi
             return lo + (hi - lo) * torch.rand(n, generator=generator)
 
         el = uniform(self.cfg.elevation_range)
         lo, hi = self.cfg.azimuth_range
-        az = lo + (hi - lo) * (torch.arange(b) + torch.rand(b, generator=generator)) / b
+        az = lo + (hi - lo) * (torch.arange(g) + torch.rand(g, generator=generator)) / g
         dist = uniform(self.cfg.distance_range)
         fov = uniform(self.cfg.fovy_range)
+        if v > 1:
+            rep = lambda x: x.repeat_interleave(v)  # noqa: E731
+            az = rep(az) + torch.arange(v).repeat(g) * (360.0 / v)
+            az = torch.remainder(az + 180.0, 360.0) - 180.0
+            el, dist, fov = rep(el), rep(dist), rep(fov)
         cams = Cameras.orbit(el, az, dist, fov, height, width)
-        # Light: around the camera direction, within light_jitter_deg.
+        # Light: around the direction of the object's first camera, within light_jitter_deg (one light per object).
         jitter = math.radians(self.cfg.light_jitter_deg)
-        d = torch.nn.functional.normalize(cams.position, dim=-1)
-        noise = torch.nn.functional.normalize(torch.randn(b, 3, generator=generator), dim=-1)
-        angle = jitter * torch.rand(b, 1, generator=generator)
+        d = torch.nn.functional.normalize(cams.position[::v], dim=-1)
+        noise = torch.nn.functional.normalize(torch.randn(g, 3, generator=generator), dim=-1)
+        angle = jitter * torch.rand(g, 1, generator=generator)
         tangent = torch.nn.functional.normalize(noise - (noise * d).sum(-1, keepdim=True) * d, dim=-1)
         light_dir = torch.cos(angle) * d + torch.sin(angle) * tangent
-        cams.light = light_dir * uniform(self.cfg.light_distance_range)[:, None]
+        cams.light = (light_dir * uniform(self.cfg.light_distance_range)[:, None]).repeat_interleave(v, 0)
         return cams
 
     def turntable(self, n: int, height: int, width: int | None = None) -> Cameras:

@@ -157,10 +157,11 @@ def prior_status(model: str) -> tuple[str, Path | None, str]:
     import huggingface_hub
 
     from threed.guidance.loading import PACKAGE_ROOT, WITHDRAWN, _looks_like_hub_id, offline
+    from threed.guidance.multiview import MULTIVIEW_ALIASES
     from threed.guidance.prior import PRIOR_ALIASES
     from threed.guidance.zero123 import VIEW_PRIOR_ALIASES
 
-    aliases = {**PRIOR_ALIASES, **VIEW_PRIOR_ALIASES}
+    aliases = {**PRIOR_ALIASES, **VIEW_PRIOR_ALIASES, **MULTIVIEW_ALIASES}
     if model in aliases:
         folder = PACKAGE_ROOT / aliases[model]
         if folder.is_dir():

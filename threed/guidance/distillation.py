@@ -32,9 +32,10 @@ from threed.guidance.core import Denoiser, Weighting
 from threed.guidance.timesteps import Anneal, DreamTimeConfig, Schedule, TimestepSampler
 from threed.render.output import RenderOut
 
-PriorKind = Literal["text", "view", "flow"]
+PriorKind = Literal["text", "view", "flow", "multiview"]
 """Which prior and condition a rule takes: a text-conditioned diffusion model and the prompt, a Zero123-family
-model and the reference image, or a text-conditioned flow-matching model and the prompt (threed.guidance.build)."""
+model and the reference image, a text-conditioned flow-matching model and the prompt, or a multi-view diffusion
+model (MVDream) with the prompt and the cameras (threed.guidance.build)."""
 
 
 @dataclass
@@ -172,6 +173,10 @@ class ScoreDistillation(Generic[P, C]):
                                    [(p, w) for p, (_, w) in zip(preds[2:k], negatives)])
         return eps_hat, preds[1], preds[k:]
 
+    def sample_timesteps(self, batch: int) -> Int[Tensor, "B"]:
+        """The timestep of each view of a batch (one per view; a multi-view rule shares one per object)."""
+        return self.timesteps.sample(batch, self.generator)
+
     def randn(self, like: Tensor) -> Tensor:
         """Standard normal noise shaped like ``like``, from the guidance's generator, on its device."""
         device = self.generator.device if self.generator is not None else like.device
@@ -198,7 +203,7 @@ class ScoreDistillation(Generic[P, C]):
                               f"same cameras; run it with threed edit RUN_DIR PROMPT")
         x0 = prior.encode_images(out.rgb)
         b = x0.shape[0]
-        t = (self.timesteps.sample(b, self.generator) if t is None else t).to(prior.device)
+        t = (self.sample_timesteps(b) if t is None else t).to(prior.device)
         noise = (self.randn(x0) if noise is None else noise).to(x0.device, torch.float32)
         text = self.conditioner.conditioning(cameras)
         with torch.no_grad():

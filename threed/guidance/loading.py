@@ -97,13 +97,19 @@ def _is_fp16_variant(name: str) -> bool:
     return ".fp16." in name or ".fp16-" in name
 
 
+TOP_LEVEL_FILES = ("model_index.json", "multiview.json")
+"""Files at a model repo's root that are fetched with its components (a multi-view prior's spec,
+:mod:`threed.guidance.multiview`)."""
+
+
 def _is_weight(name: str) -> bool:
     return name.endswith(WEIGHT_SUFFIXES) or re.search(r"\.(safetensors|bin)\.index(\.fp16)?\.json$", name) is not None
 
 
 def choose_files(repo_files: Sequence[str], components: Sequence[str], fp16: bool, allow_bin: bool = False
                  ) -> list[str]:
-    """The files of a hub repo to download for ``components``: ``model_index.json`` and, per component
+    """The files of a hub repo to download for ``components``: ``model_index.json`` (and a multi-view prior's
+    ``multiview.json``) and, per component
     folder, its configs and tokenizer files and one set of weights.
 
     The set is the fp16 variant when ``fp16`` and the folder has one, else the full-precision weights, else
@@ -111,7 +117,7 @@ def choose_files(repo_files: Sequence[str], components: Sequence[str], fp16: boo
     considered only with ``allow_bin``. EMA-less copies, original checkpoints and other frameworks' weights
     are never fetched.
     """
-    chosen = [f for f in repo_files if f == "model_index.json"]
+    chosen = [f for f in repo_files if f in TOP_LEVEL_FILES]
     for comp in components:
         files = [f for f in repo_files if f.startswith(comp + "/") and "/" not in f[len(comp) + 1:]]
         files = [f for f in files if not f.endswith(SKIPPED_SUFFIXES) and "non_ema" not in f]
@@ -167,7 +173,7 @@ def _from_hub(repo_id: str, components: Sequence[str], key: str, allow_bin: bool
     ``fp16`` prefers the fp16 variant files (:func:`choose_files`)."""
     import huggingface_hub
 
-    allow = ["model_index.json"] + [f"{c}/*" for c in components]
+    allow = [*TOP_LEVEL_FILES] + [f"{c}/*" for c in components]
     try:
         return Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True, allow_patterns=allow))
     except Exception:

@@ -32,12 +32,15 @@ class BackgroundConfig:
     """Hidden layers of the ``mlp`` background."""
     n_frequencies: int = 4
     """Frequency bands of the direction encoding: [d, sin(2^k pi d), cos(2^k pi d)] for k < n."""
+    group: int = 1
+    """``random``: consecutive images that share one colour (a multi-view recipe's views of one object, its
+    ``cameras.views_per_object``, so the prior sees one object on one background)."""
 
     def __post_init__(self):
         if len(self.color) != 3 or not all(0.0 <= c <= 1.0 for c in self.color):
             raise ValueError(f"color must be 3 values in [0, 1], got {self.color}")
-        if self.hidden_dim < 1 or self.n_hidden_layers < 0 or self.n_frequencies < 0:
-            raise ValueError("need hidden_dim >= 1, n_hidden_layers >= 0 and n_frequencies >= 0")
+        if self.hidden_dim < 1 or self.n_hidden_layers < 0 or self.n_frequencies < 0 or self.group < 1:
+            raise ValueError("need hidden_dim >= 1, n_hidden_layers >= 0, n_frequencies >= 0 and group >= 1")
 
 
 def frequency_encoding(x: Float[Tensor, "*N D"], n_frequencies: int) -> Float[Tensor, "*N E"]:
@@ -75,7 +78,9 @@ class Background(nn.Module):
         if self.mlp is not None:
             return torch.sigmoid(self.mlp(frequency_encoding(dirs, self.cfg.n_frequencies)))
         if self.cfg.kind == "random" and training:
-            color = torch.rand(dirs.shape[0], 1, 1, 3, device=dirs.device, dtype=dirs.dtype)
+            g = self.cfg.group if dirs.shape[0] % self.cfg.group == 0 else 1
+            color = torch.rand(dirs.shape[0] // g, 1, 1, 3, device=dirs.device, dtype=dirs.dtype)
+            color = color.repeat_interleave(g, 0)
         else:
             color = self.color.to(dirs)
         return color.expand(*dirs.shape[:-1], 3)

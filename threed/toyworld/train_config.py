@@ -210,3 +210,57 @@ class ViewTrainConfig(DiffusionTrainConfig):
     SNR, 0.02 at t = 900: the first version learnt almost nothing from its reference there)."""
     snr_floor: float = 1.0
     """See :class:`DiffusionTrainConfig`."""
+
+
+# --------------------------------------------------------------------------- the multi-view prior
+
+
+@dataclass
+class MultiViewDataConfig(ToyworldDataConfig):
+    """What the multi-view prior is fine-tuned on: groups of views of one scene (``cache_size`` is not used)."""
+
+    groups: int = 3072
+    """Groups of ``num_views`` renders made once before training."""
+    pairs: int = 256
+    """Two-object scenes in the training set, drawn with the seed from the 42 x 41 (fewer: cheaper to render,
+    each seen more often)."""
+    p_asymmetric: float = 0.35
+    """Share of groups from the "a <colour> cube with a <colour2> front" family."""
+    p_pair: float = 0.15
+    """Share of groups of two-object scenes."""
+    p_no_suffix: float = 0.1
+    """Share of groups whose captions carry no view suffix."""
+    elevation_range: tuple[float, float] = (-10.0, 45.0)
+    """Elevations of the groups (degrees; threed's default training cameras)."""
+    distance_range: tuple[float, float] = (2.5, 3.0)
+    fovy_range: tuple[float, float] = (35.0, 45.0)
+    """Distance and vertical field of view (degrees) of the groups."""
+
+
+@dataclass
+class MultiViewTrainConfig(DiffusionTrainConfig):
+    """Fine-tuning of the toy multi-view prior from the toy text prior."""
+
+    base: str = "toyworld"
+    """The toy text prior it starts from: a folder, or ``toyworld`` for the shipped one."""
+    num_views: int = 4
+    """Views denoised together (MVDream's 4)."""
+    data: MultiViewDataConfig = field(default_factory=MultiViewDataConfig)
+    """Training data."""
+    steps: int = 2000
+    """Optimiser steps."""
+    minutes: float = 90.0
+    """Maximum wall time of rendering + training, summed over resumes."""
+    lr: float = 5e-4
+    """AdamW learning rate after warm-up (half the text prior's: it starts from trained weights)."""
+    sample_prompts: tuple[str, ...] = (
+        "a red cube", "a blue cube with a yellow front", "a green cube with a purple front",
+        "a yellow cube with a blue front", "an orange cone", "a purple torus", "a white pyramid",
+        "a red cube and a blue sphere")
+    """Prompts of samples.png and the card's table."""
+    samples_per_prompt: int = 6
+    """Samples (objects) per prompt for the table; the sheet shows 2."""
+    sample_steps: int = 30
+    """DDIM steps for the samples."""
+    cfg_scale: float = 3.0
+    """Classifier-free guidance scale of the samples."""

@@ -58,6 +58,9 @@ class ToyPrior(ABC):
     cfg: DiffusionTrainConfig
     modules: dict[str, nn.Module]
     """The trained networks by checkpoint key, in the order their parameters are optimised."""
+    views_per_sample: int = 1
+    """Consecutive rows of a batch that are views of one sample and share one noise level (a multi-view
+    prior's group of views, as MVDream trains); 1 = every row its own."""
 
     @abstractmethod
     def build(self) -> None:
@@ -123,7 +126,8 @@ def train_prior(prior: ToyPrior, out: str | Path, resume: bool = False, log: Log
             raise ThreedError(f"--resume: no checkpoint at {ckpt}; run without --resume to start training")
         state = torch.load(ckpt, weights_only=False)
         saved, current = state["config"], to_dict(cfg)
-        if (saved["model"], saved["data"], saved["seed"]) != (current["model"], current["data"], current["seed"]):
+        keys = ("model", "base", "data", "seed")
+        if any(saved.get(k) != current.get(k) for k in keys):
             raise ThreedError(f"--resume: checkpoint {ckpt} was made with another model/data config or seed")
         for key, module in prior.modules.items():
             module.load_state_dict(state[key])
@@ -153,7 +157,8 @@ def train_prior(prior: ToyPrior, out: str | Path, resume: bool = False, log: Log
     while step < cfg.steps and elapsed() < budget:
         x0, condition = prior.batch(gen)
         noise = torch.randn(x0.shape, generator=gen)
-        t = objective.timesteps(len(x0), gen)
+        g = prior.views_per_sample
+        t = objective.timesteps(len(x0) // g, gen).repeat_interleave(g)
         noisy = objective.noisy(x0, noise, t)
         lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         for g in opt.param_groups:
