@@ -147,6 +147,8 @@ def test_one_timestep_per_object_each_view_its_own_noise(mv):
     rule = _rule(mv)
     t = rule.sample_timesteps(8)
     assert torch.equal(t.view(4, 2), t.view(4, 2)[:, :1].expand(4, 2)) and len(set(t.tolist())) > 1
+    with pytest.raises(ThreedError, match="views_per_object=2"):
+        rule.sample_timesteps(3)
 
 
 def test_without_rescale_the_residual_is_sds_and_rescale_one_matches_the_conditional_spread(mv):

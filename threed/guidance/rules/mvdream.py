@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from threed.errors import ThreedError
 from threed.guidance.distillation import NoisyBatch, PriorKind, ScoreConfig, ScoreDistillation
 from threed.guidance.registry import register
 
@@ -44,6 +45,10 @@ class MVDream(ScoreDistillation):
 
     def sample_timesteps(self, batch: int) -> Int[Tensor, "B"]:
         v = self.prior.num_views  # pyright: ignore[reportAttributeAccessIssue]
+        if batch % v:
+            raise ThreedError(f"{self.prior.name} denoises {v} views of an object together, but the batch has "
+                              f"{batch} views; set cameras.views_per_object={v} and a batch_size that is a multiple "
+                              f"of {v}")
         return super().sample_timesteps(batch // v).repeat_interleave(v)
 
     def residual(self, batch: NoisyBatch) -> Float[Tensor, "B C h w"]:
