@@ -76,15 +76,15 @@ def sample_backgrounds(cfg: ToyworldDataConfig, scene: Scene, modes: Sequence[st
     return bg
 
 
-def render_cache(cfg: ToyworldDataConfig, scenes: Sequence[Scene], generator: torch.Generator,
-                 log=print) -> RenderCache:
-    """Render ``cfg.cache_size`` training images of the given scenes (families mixed as configured)."""
-    n, res = cfg.cache_size, cfg.image_size
+def choose_scenes(scenes: Sequence[Scene], n: int, p_asymmetric: float, p_pair: float,
+                  generator: torch.Generator) -> Tensor:
+    """``n`` scene indices: each draw's family (an asymmetric cube with share ``p_asymmetric``, a two-object
+    scene with ``p_pair``, else a single object), then a scene of that family uniformly."""
     single = [i for i, s in enumerate(scenes) if len(s.objects) == 1 and s.objects[0].front_colour is None]
     asym = [i for i, s in enumerate(scenes) if len(s.objects) == 1 and s.objects[0].front_colour is not None]
     pair = [i for i, s in enumerate(scenes) if len(s.objects) == 2]
     u = torch.rand(n, generator=generator)
-    fam = torch.where(u < cfg.p_asymmetric, 1, torch.where(u < cfg.p_asymmetric + cfg.p_pair, 2, 0))
+    fam = torch.where(u < p_asymmetric, 1, torch.where(u < p_asymmetric + p_pair, 2, 0))
     choice = torch.zeros(n, dtype=torch.long)
     for f, members in enumerate((single, asym, pair)):
         sel = fam == f
@@ -93,6 +93,14 @@ def render_cache(cfg: ToyworldDataConfig, scenes: Sequence[Scene], generator: to
                 raise ThreedError(f"data config asks for a scene family with no scenes (family {f})")
             pick = torch.randint(0, len(members), (int(sel.sum()),), generator=generator)
             choice[sel] = torch.tensor(members)[pick]
+    return choice
+
+
+def render_cache(cfg: ToyworldDataConfig, scenes: Sequence[Scene], generator: torch.Generator,
+                 log=print) -> RenderCache:
+    """Render ``cfg.cache_size`` training images of the given scenes (families mixed as configured)."""
+    n, res = cfg.cache_size, cfg.image_size
+    choice = choose_scenes(scenes, n, cfg.p_asymmetric, cfg.p_pair, generator)
     images = torch.zeros(n, 3, res, res, dtype=torch.uint8)
     labels = torch.zeros(n, dtype=torch.long)
     t0 = time.time()

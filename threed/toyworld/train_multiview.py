@@ -44,7 +44,7 @@ from threed.toyworld.raycast import render
 from threed.toyworld.scenes import VIEW_LABELS, Scene, catalogue, view_caption
 from threed.toyworld.train_card import colour_of, foreground
 from threed.toyworld.train_config import MultiViewTrainConfig
-from threed.toyworld.train_data import _split, sample_backgrounds
+from threed.toyworld.train_data import _split, choose_scenes, sample_backgrounds
 from threed.toyworld.train_loop import Log, ToyPrior, train_prior
 from threed.toyworld.train_models import build_tokenizer, save_prior, tokenize
 
@@ -107,18 +107,7 @@ def render_groups(cfg: MultiViewTrainConfig, scenes: list[Scene], generator: tor
     """``cfg.data.groups`` groups of ``num_views`` renders; scenes drawn by family shares (singles, fronts, pairs)."""
     d, v, res = cfg.data, cfg.num_views, cfg.data.image_size
     n = d.groups
-    fams = [[i for i, s in enumerate(scenes) if len(s.objects) == 1 and s.objects[0].front_colour is None],
-            [i for i, s in enumerate(scenes) if len(s.objects) == 1 and s.objects[0].front_colour is not None],
-            [i for i, s in enumerate(scenes) if len(s.objects) == 2]]
-    u = torch.rand(n, generator=generator)
-    fam = torch.where(u < d.p_asymmetric, 1, torch.where(u < d.p_asymmetric + d.p_pair, 2, 0))
-    choice = torch.zeros(n, dtype=torch.long)
-    for f, members in enumerate(fams):
-        sel = fam == f
-        if sel.any():
-            if not members:
-                raise ThreedError(f"the data config asks for scene family {f}, which has no scenes")
-            choice[sel] = torch.tensor(members)[torch.randint(0, len(members), (int(sel.sum()),), generator=generator)]
+    choice = choose_scenes(scenes, n, d.p_asymmetric, d.p_pair, generator)
     images = torch.zeros(n, v, 3, res, res, dtype=torch.uint8)
     el, az, dist, fov, lab = (torch.zeros(n, v) for _ in range(5))
     t0 = time.time()
